@@ -1,0 +1,39 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh machine:
+# they create .venv, install torch (CPU build) first, then the project with a
+# constraints file so no later step can swap torch for a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast install proto bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	echo "$(TORCH_SPEC)" > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP) proto
+
+proto: $(STAMP)
+	@if [ -f proto/build.py ]; then $(BIN)/python proto/build.py; fi
+
+demo: install
+	$(BIN)/python -m client.demo
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/estimator_error.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

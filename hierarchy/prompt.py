@@ -1,0 +1,80 @@
+"""Prompt templates: how a coalition (a set of absent units) becomes model input text.
+
+Base models continue text, so the templates end in a cue ("Answer:", "Sentiment:")
+and the target is scored as the continuation after it, with a leading space.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection
+
+from hierarchy.segmentation import Document, FeatureTree, render_document
+
+DEFAULT_QA_INSTRUCTION = "Answer the question using the documents. Answer with a short phrase."
+DEFAULT_CLASSIFICATION_INSTRUCTION = "Classify the text as one of: {labels}."
+
+
+@dataclass
+class QAPrompt:
+    """Instruction, documents, question; the answer follows 'Answer:'."""
+
+    question: str
+    documents: list[Document]
+    instruction: str = DEFAULT_QA_INSTRUCTION
+    placeholder: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.question or not self.question.strip():
+            raise ValueError("question: must be a non-empty string")
+        if not self.documents:
+            raise ValueError("documents: at least one document is required")
+        for index, doc in enumerate(self.documents):
+            if not doc.text.strip():
+                raise ValueError(f"documents[{index}].text: must be non-empty")
+
+    def render(self, tree: FeatureTree, absent: Collection[str] = ()) -> str:
+        blocks = []
+        for index, doc in enumerate(self.documents):
+            doc_id = f"d{index}"
+            if doc_id in absent:
+                if self.placeholder is not None:
+                    blocks.append(f"Document: {self.placeholder}")
+                continue
+            removed = [(tree.units[u].start, tree.units[u].end) for u in absent if tree.units[u].doc == index]
+            text = render_document(doc.text, removed, self.placeholder)
+            blocks.append(f"Document (Title: {doc.title}): {text}" if doc.title else f"Document: {text}")
+        context = "\n\n".join(blocks)
+        return f"{self.instruction}\n\n{context}\n\nQuestion: {self.question.strip()}\nAnswer:"
+
+
+@dataclass
+class ClassificationPrompt:
+    """A text to classify among fixed labels; the label follows a cue such as 'Sentiment:'."""
+
+    text: str
+    labels: list[str]
+    instruction: str = DEFAULT_CLASSIFICATION_INSTRUCTION
+    cue: str = "Label:"
+    placeholder: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.text or not self.text.strip():
+            raise ValueError("text: must be a non-empty string")
+        if len(self.labels) < 2:
+            raise ValueError("labels: at least two labels are required")
+        if any(not isinstance(label, str) or not label.strip() for label in self.labels):
+            raise ValueError("labels: every label must be a non-empty string")
+        if len({label.strip() for label in self.labels}) != len(self.labels):
+            raise ValueError(f"labels: duplicate labels in {self.labels}")
+
+    @property
+    def documents(self) -> list[Document]:
+        return [Document(self.text)]
+
+    def render(self, tree: FeatureTree, absent: Collection[str] = ()) -> str:
+        if "d0" in absent:
+            text = self.placeholder or ""
+        else:
+            text = render_document(self.text, [(tree.units[u].start, tree.units[u].end) for u in absent], self.placeholder)
+        instruction = self.instruction.format(labels=", ".join(self.labels))
+        return f"{instruction}\n\nText: {text}\n{self.cue}"

@@ -1,0 +1,100 @@
+"""Explanation results and stream events; `to_dict()` gives the public JSON schema."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Feature:
+    id: str
+    parent: str
+    text: str
+    start: int
+    end: int
+    value: float
+    stderr: float
+    expanded: bool
+    doc: int
+    title: str = ""
+    token_start: int | None = None
+    token_end: int | None = None
+    values_by_answer: dict[str, float] | None = None
+
+
+@dataclass
+class Level:
+    level: str
+    features: list[Feature]
+    evaluations: int
+    threshold: float
+    method: str
+    wall_seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Explanation:
+    answer: str
+    levels: list[Level]
+    stats: dict
+    value_function: str
+    mode: str
+    total_effect: float
+    full_value: float
+    empty_value: float
+    label_probabilities: dict[str, float] | None = None
+    answers: list[dict] | None = None
+    extras: dict = field(default_factory=dict)
+
+    def level(self, name: str) -> Level:
+        for level in self.levels:
+            if level.level == name:
+                return level
+        raise KeyError(f"no {name!r} level in this explanation")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AnswerEvent:
+    """The answer being explained (and label probabilities), known before any attribution."""
+
+    answer: str
+    source: str
+    label_probabilities: dict[str, float] | None = None
+    kind: str = "answer"
+
+
+@dataclass
+class LevelStartEvent:
+    """The units of a level, known before their values: clients can draw the tree at once."""
+
+    level: str
+    features: list[Feature]
+    planned_evaluations: int
+    kind: str = "level_start"
+
+
+@dataclass
+class ProgressEvent:
+    level: str
+    evaluations: int
+    planned_evaluations: int
+    values: dict[str, float]
+    stderr: dict[str, float]
+    kind: str = "progress"
+
+
+@dataclass
+class LevelEvent:
+    result: Level
+    kind: str = "level"
+
+
+@dataclass
+class DoneEvent:
+    explanation: Explanation
+    kind: str = "done"

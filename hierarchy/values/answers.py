@@ -1,0 +1,48 @@
+"""Answer distribution (TextGenSHAP): the greedy answer under each coalition, one indicator per distinct answer.
+
+No candidate list is needed in advance: every distinct answer decoded while sampling
+gets its own column, so each answer the context could produce gets its own
+attribution. Column 0 is the answer to the full prompt.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from hierarchy.scorer import ModelScorer
+from hierarchy.values.base import Target, register
+
+
+def normalise_answer(text: str) -> str:
+    """Answers that differ only in case, spacing or trailing punctuation are the same answer."""
+    return " ".join(text.strip().strip(".,;:!?\"'").split()).lower()
+
+
+@register("answers")
+class AnswerDistribution:
+    def __init__(self, scorer: ModelScorer, target: Target) -> None:
+        self.scorer = scorer
+        self.max_new_tokens = target.max_new_tokens
+        self.columns: list[str] = []
+        self._index: dict[str, int] = {}
+        self.counts: list[int] = []
+        if target.answer is not None:
+            self._column(target.answer)
+
+    def _column(self, answer: str) -> int:
+        key = normalise_answer(answer)
+        if key not in self._index:
+            self._index[key] = len(self.columns)
+            self.columns.append(answer.strip())
+            self.counts.append(0)
+        return self._index[key]
+
+    def __call__(self, prompts: Sequence[str]) -> np.ndarray:
+        decoded = [self.scorer.decode(tokens) for tokens in self.scorer.greedy(prompts, self.max_new_tokens)]
+        indices = [self._column(answer) for answer in decoded]
+        out = np.zeros((len(prompts), len(self.columns)))
+        for row, column in enumerate(indices):
+            out[row, column] = 1.0
+            self.counts[column] += 1
+        return out

@@ -1,0 +1,54 @@
+"""The value-function contract: a batch of rendered prompts in, one row of values per prompt out.
+
+A value function is built for one request (it knows the target) and is called with
+every coalition's prompt text; it returns (m,) or (m, k) values. The registry lets
+the API name value functions ("logprob", "probability", "label", "answers").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from hierarchy.scorer import ModelScorer
+
+
+class ValueFunction(Protocol):
+    name: str
+    columns: list[str]
+    """One name per output column (the explained target first)."""
+
+    def __call__(self, prompts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class Target:
+    """What is being explained: an answer text after the full prompt, or a label among labels."""
+
+    full_prompt: str
+    answer: str | None = None
+    labels: list[str] | None = None
+    label_index: int | None = None
+    max_new_tokens: int = 20
+
+
+ValueFactory = Callable[[ModelScorer, Target], ValueFunction]
+VALUE_FUNCTIONS: dict[str, ValueFactory] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        cls.name = name
+        VALUE_FUNCTIONS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_value_function(name: str, scorer: ModelScorer, target: Target) -> ValueFunction:
+    try:
+        factory = VALUE_FUNCTIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown value function {name!r}; choose one of {sorted(VALUE_FUNCTIONS)}") from None
+    return factory(scorer, target)
