@@ -22,7 +22,7 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
 STAT_FIELDS = ("evaluations", "coalitions", "forward_tokens", "forward_passes", "decode_steps", "wall_seconds")
 
-__all__ = ["SERVICE_NAME", "ExplanationBuilder", "event_to_proto", "feature_to_dict", "pb", "pb_grpc", "summary_proto"]
+__all__ = ["SERVICE_NAME", "ExplanationBuilder", "collect", "event_to_proto", "feature_to_dict", "pb", "pb_grpc", "summary_proto"]
 
 
 def _feature_to_proto(feature: Any) -> pb.Feature:

@@ -53,6 +53,8 @@ def as_2d(values: np.ndarray, rows: int) -> np.ndarray:
 def pad_columns(blocks: Sequence[np.ndarray]) -> np.ndarray:
     """Stack 2-D blocks whose column counts grew over time, zero-filling the missing columns."""
     width = max((block.shape[1] for block in blocks), default=1)
+    if blocks and all(block.shape[1] == width for block in blocks):
+        return np.vstack(blocks)
     return np.vstack([np.pad(block, ((0, 0), (0, width - block.shape[1]))) for block in blocks]) if blocks else np.zeros((0, width))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection
 
-from hierarchy.segmentation import Document, FeatureTree, render_document
+from hierarchy.segmentation import Document, FeatureTree, covers_text, render_document
 
 DEFAULT_QA_INSTRUCTION = "Answer the question using the documents. Answer with a short phrase."
 DEFAULT_CLASSIFICATION_INSTRUCTION = "Classify the text as one of: {labels}."
@@ -35,12 +35,13 @@ class QAPrompt:
     def render(self, tree: FeatureTree, absent: Collection[str] = ()) -> str:
         blocks = []
         for index, doc in enumerate(self.documents):
-            doc_id = f"d{index}"
-            if doc_id in absent:
+            removed = [(tree.units[u].start, tree.units[u].end) for u in absent if tree.units[u].doc == index]
+            # A document with all its text removed is gone, title included: removing every
+            # sentence must equal removing the document, or the levels are not one game.
+            if f"d{index}" in absent or covers_text(doc.text, removed):
                 if self.placeholder is not None:
                     blocks.append(f"Document: {self.placeholder}")
                 continue
-            removed = [(tree.units[u].start, tree.units[u].end) for u in absent if tree.units[u].doc == index]
             text = render_document(doc.text, removed, self.placeholder)
             blocks.append(f"Document (Title: {doc.title}): {text}" if doc.title else f"Document: {text}")
         context = "\n\n".join(blocks)
@@ -72,9 +73,10 @@ class ClassificationPrompt:
         return [Document(self.text)]
 
     def render(self, tree: FeatureTree, absent: Collection[str] = ()) -> str:
-        if "d0" in absent:
+        removed = [(tree.units[u].start, tree.units[u].end) for u in absent]
+        if "d0" in absent or covers_text(self.text, removed):
             text = self.placeholder or ""
         else:
-            text = render_document(self.text, [(tree.units[u].start, tree.units[u].end) for u in absent], self.placeholder)
+            text = render_document(self.text, removed, self.placeholder)
         instruction = self.instruction.format(labels=", ".join(self.labels))
         return f"{instruction}\n\nText: {text}\n{self.cue}"

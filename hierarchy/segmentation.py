@@ -204,6 +204,14 @@ class FeatureTree:
         return self.units[parent].children
 
 
+def covers_text(text: str, spans: Sequence[tuple[int, int]]) -> bool:
+    """Whether the spans cover every non-whitespace character of `text`."""
+    covered = bytearray(len(text))
+    for start, end in spans:
+        covered[start:end] = b"\x01" * (end - start)
+    return all(covered[i] or char.isspace() for i, char in enumerate(text))
+
+
 def render_document(text: str, removed: Sequence[tuple[int, int]], placeholder: str | None = None) -> str:
     """`text` with the removed character spans cut out (or replaced by `placeholder`).
 

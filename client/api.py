@@ -1,0 +1,136 @@
+"""A small Python client for a LongSHAP server.
+
+    with LongShapClient("127.0.0.1:50051") as client:
+        for event in client.explain(question="...", documents=[{"title": "", "text": "..."}], budget=60):
+            print(event.WhichOneof("event"))
+
+Events are `longshap.v1.ExplainEvent` messages; `client.wire.collect(events)` turns a
+stream into the engine's Explanation JSON.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client.wire import SERVICE_NAME, pb, pb_grpc
+
+LEVEL_NAMES = ("document", "sentence", "word", "token")
+
+
+class LongShapError(Exception):
+    """A failed call: the gRPC status code and the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, error: grpc.RpcError) -> "LongShapError":
+        return cls(error.code(), error.details() or "")
+
+
+def _per_level(option: float | Mapping[str, float] | None) -> dict:
+    """One number applies to every level; a mapping is by level name."""
+    if option is None:
+        return {}
+    if isinstance(option, Mapping):
+        return dict(option)
+    return {level: option for level in LEVEL_NAMES}
+
+
+def explain_request(
+    question: str | None = None,
+    documents: Sequence[Mapping[str, str]] | None = None,
+    text: str | None = None,
+    labels: Sequence[str] | None = None,
+    instruction: str = "",
+    model: str = "",
+    target: str | None = None,
+    levels: Sequence[str] = (),
+    thresholds: float | Mapping[str, float] | None = None,
+    max_expanded: int | Mapping[str, int] | None = None,
+    method: str = "",
+    budget: int | None = None,
+    seed: int = 0,
+    value: str = "",
+    mode: str = "",
+    placeholder: str | None = None,
+    target_stderr: float | None = None,
+    max_new_tokens: int | None = None,
+) -> pb.ExplainRequest:
+    """Build an ExplainRequest: a QA prompt (question, documents) or a classification one (text, labels)."""
+    if text is not None or labels is not None:
+        prompt = {"classification": pb.ClassificationPrompt(instruction=instruction, text=text or "", labels=list(labels or []))}
+    else:
+        docs = [pb.Document(title=d.get("title", "") or "", text=d.get("text", "")) for d in documents or []]
+        prompt = {"qa": pb.QAPrompt(instruction=instruction, documents=docs, question=question or "")}
+    return pb.ExplainRequest(
+        model=model, target=target, levels=list(levels), thresholds=_per_level(thresholds), max_expanded=_per_level(max_expanded),
+        method=method, budget=budget, seed=seed, value=value, mode=mode, placeholder=placeholder,
+        target_stderr=target_stderr, max_new_tokens=max_new_tokens, **prompt,
+    )
+
+
+def rerank_request(question: str, documents: Sequence[Mapping[str, str]], candidates: Sequence[str], model: str = "", budget: int | None = None, seed: int = 0, method: str = "") -> pb.RerankRequest:
+    docs = [pb.Document(title=d.get("title", "") or "", text=d.get("text", "")) for d in documents]
+    return pb.RerankRequest(
+        model=model, prompt=pb.QAPrompt(question=question, documents=docs), candidates=list(candidates), budget=budget, seed=seed, method=method,
+    )
+
+
+class LongShapClient:
+    """Calls a LongSHAP server; `token` adds bearer auth, `tls_ca` (PEM bytes) turns on TLS."""
+
+    def __init__(self, address: str, token: str | None = None, tls_ca: bytes | None = None, timeout: float | None = None) -> None:
+        if tls_ca is not None:
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=tls_ca))
+        else:
+            self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.ExplainerStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+
+    def explain(self, timeout: float | None = None, **request) -> Iterator[pb.ExplainEvent]:
+        """Stream the events of one explanation (see `explain_request` for the options)."""
+        yield from self.explain_events(explain_request(**request), timeout)
+
+    def explain_events(self, request: pb.ExplainRequest, timeout: float | None = None) -> Iterator[pb.ExplainEvent]:
+        """Stream the events of a prepared request; leaving the loop early cancels the call."""
+        call = self.stub.Explain(request, timeout=timeout or self.timeout, metadata=self.metadata)
+        try:
+            yield from call
+        except grpc.RpcError as error:
+            raise LongShapError.from_rpc(error) from None
+        finally:
+            call.cancel()
+
+    def rerank(self, timeout: float | None = None, **request) -> pb.RerankResponse:
+        """Rank candidate answers by document support, then the documents for the best one."""
+        return self._unary(self.stub.Rerank, rerank_request(**request), timeout)
+
+    def list_models(self, timeout: float | None = None) -> pb.ListModelsResponse:
+        return self._unary(self.stub.ListModels, pb.ListModelsRequest(), timeout)
+
+    def health(self, service: str = SERVICE_NAME, timeout: float | None = 5.0) -> str:
+        """The health status name (SERVING, NOT_SERVING, ...)."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        response = self._unary(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def _unary(self, method, request, timeout: float | None):
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+        except grpc.RpcError as error:
+            raise LongShapError.from_rpc(error) from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "LongShapClient":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()

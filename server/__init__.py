@@ -1,0 +1,1 @@
+"""LongSHAP's gRPC server: `longshap serve` (see server.app)."""

@@ -1,0 +1,224 @@
+"""`longshap serve`: the grpc.aio server with health, reflection, optional auth and TLS.
+
+Models are loaded once at start and served under names; requests can only name
+them, never a path. SIGTERM/SIGINT flip health to NOT_SERVING, let in-flight
+streams finish for the grace period, then cancel them (which stops their work).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from client.wire import SERVICE_NAME, pb, pb_grpc
+from server import logs
+from server.auth import BearerTokenInterceptor
+from server.service import ExplainerService
+from server.validation import Limits
+
+log = logging.getLogger("longshap.server")
+DEFAULT_MODEL = "gemma-3-270m"  # hierarchy.models.DEFAULT_MODEL, without importing torch for --help
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    limits: Limits = field(default_factory=Limits)
+    token: str | None = None
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    grace_seconds: float = 10.0
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    service: ExplainerService
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float | None) -> None:
+        """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then cancel them."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.service.worker.shutdown()
+
+
+def parse_model_spec(spec: str) -> tuple[str, str | None]:
+    """`NAME=PATH`, a plain PATH (named after its directory) or the default model's name -> (name, path)."""
+    if "=" in spec:
+        name, path = spec.split("=", 1)
+    elif spec == DEFAULT_MODEL:
+        return DEFAULT_MODEL, None
+    else:
+        name, path = Path(spec).expanduser().resolve().name, spec
+    if not name or any(sep in name for sep in "/\\") or name.startswith((".", "~")):
+        raise ValueError(f"--model {spec!r}: the name must be non-empty and not a path")
+    return name, path or None
+
+
+def load_explainers(specs: Sequence[str]) -> dict:
+    """Load every configured model once (the first is the default)."""
+    from hierarchy import Explainer
+
+    explainers = {}
+    for spec in specs:
+        name, path = parse_model_spec(spec)
+        if name in explainers:
+            raise ValueError(f"--model {spec!r}: the name {name!r} is used twice")
+        log.info("loading model", extra={"fields": {"model": name, "path": path or "embedded"}})
+        explainers[name] = Explainer.from_pretrained(path)
+    return explainers
+
+
+async def start_server(config: ServerConfig, explainers: Mapping) -> RunningServer:
+    """Start serving `explainers` (name -> Explainer; the first is the default) and return the bound server."""
+    if not explainers:
+        raise ValueError("at least one model must be served")
+    interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+    server = grpc.aio.server(interceptors=interceptors)
+    service = ExplainerService(explainers, next(iter(explainers)), config.limits)
+    pb_grpc.add_ExplainerServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert is not None:
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)]))
+    else:
+        port = server.add_insecure_port(address)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("listening", extra={"fields": {"host": config.host, "port": port, "models": list(explainers), "tls": config.tls_cert is not None}})
+    return RunningServer(server, port, service, health_servicer)
+
+
+async def serve(config: ServerConfig, explainers: Mapping) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(config, explainers)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down", extra={"fields": {"grace_seconds": config.grace_seconds}})
+    await running.stop(config.grace_seconds)
+    log.info("stopped")
+
+
+class ServerThread:
+    """A server on its own event loop in a background thread: for embedding and tests."""
+
+    def __init__(self, config: ServerConfig, explainers: Mapping) -> None:
+        self._config, self._explainers = config, explainers
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="longshap-server", daemon=True)
+        self.running: RunningServer | None = None
+        self._error: BaseException | None = None
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self.running = self._loop.run_until_complete(start_server(self._config, self._explainers))
+        except BaseException as error:  # noqa: BLE001 - reported by start()
+            self._error = error
+        self._ready.set()
+        if self._error is None:
+            self._loop.run_forever()
+        self._loop.close()
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}" if self._config.host in ("127.0.0.1", "0.0.0.0") else f"{self._config.host}:{self.port}"
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, grace: float | None = 0) -> None:
+        """Gracefully stop (see RunningServer.stop) and end the thread."""
+        if self.running is not None and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.running.stop(grace), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="longshap serve", description="Serve hierarchical Shapley explanations over gRPC.")
+    parser.add_argument("--model", action="append", metavar="NAME=PATH|PATH", help=f"a model to serve, repeatable; the first is the default (default: {DEFAULT_MODEL}, embedded)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port (logged)")
+    parser.add_argument("--token-file", type=Path, help="require 'authorization: Bearer <token>' with the token in this file (or set LONGSHAP_TOKEN)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key")
+    defaults = Limits()
+    parser.add_argument("--max-documents", type=int, default=defaults.max_documents)
+    parser.add_argument("--max-characters", type=int, default=defaults.max_characters)
+    parser.add_argument("--max-budget", type=int, default=defaults.max_budget)
+    parser.add_argument("--max-candidates", type=int, default=defaults.max_candidates)
+    parser.add_argument("--queue-size", type=int, default=defaults.queue_size, help="requests that may wait for the busy worker")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get at shutdown")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """Check the options and read the token and TLS files."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else os.environ.get("LONGSHAP_TOKEN") or None
+    if args.token_file and not token:
+        raise ValueError(f"--token-file {args.token_file}: the file is empty")
+    limits = Limits(args.max_documents, args.max_characters, args.max_budget, args.max_candidates, args.queue_size)
+    if any(value < 1 for name, value in limits.__dict__.items() if name != "queue_size") or limits.queue_size < 0:
+        raise ValueError("limits must be positive (the queue size may be 0)")
+    return ServerConfig(
+        args.host, args.port, limits, token,
+        args.tls_cert.read_bytes() if args.tls_cert else None, args.tls_key.read_bytes() if args.tls_key else None, args.grace,
+    )
+
+
+def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    """Run the server; 0 after a clean shutdown, 2 on bad options, 1 if a model cannot be loaded."""
+    args = args or build_parser().parse_args(argv)
+    logs.configure()
+    try:
+        config = config_from_args(args)
+    except (ValueError, OSError) as error:
+        print(f"longshap serve: {error}", file=sys.stderr)
+        return 2
+    try:
+        explainers = load_explainers(args.model or [DEFAULT_MODEL])
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"longshap serve: cannot load a model: {error}", file=sys.stderr)
+        return 1
+    asyncio.run(serve(config, explainers))
+    return 0

@@ -1,0 +1,174 @@
+"""The Explainer gRPC service: validation, the worker hand-off, streaming and request logs."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Mapping
+
+import grpc
+
+from client.wire import event_to_proto, pb, pb_grpc
+from hierarchy import Explainer
+from hierarchy.subgames import Cancelled
+from server.rerank import rerank
+from server.validation import Limits, RequestError, explain_arguments, rerank_arguments, resolve_model
+from server.worker import QueueFull, Worker
+
+log = logging.getLogger("longshap.request")
+_END = object()
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+@dataclass
+class RequestLog:
+    """What one request did, logged once as a JSON line when it ends."""
+
+    method: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    model: str = ""
+    documents: int = 0
+    characters: int = 0
+    budget: int | None = None
+    evaluations: int = 0
+    outcome: str = "OK"
+    started: float = field(default_factory=time.perf_counter)
+
+    def emit(self) -> None:
+        fields = {k: v for k, v in self.__dict__.items() if k != "started"}
+        fields["wall_seconds"] = round(time.perf_counter() - self.started, 3)
+        log.info("request", extra={"fields": fields})
+
+
+def _describe(record: RequestLog, prompt: pb.QAPrompt | pb.ClassificationPrompt | None, budget: int | None) -> None:
+    if isinstance(prompt, pb.QAPrompt):
+        record.documents = len(prompt.documents)
+        record.characters = len(prompt.question) + sum(len(d.text) for d in prompt.documents)
+    elif prompt is not None:
+        record.characters = len(prompt.text)
+    record.budget = budget
+
+
+class ExplainerService(pb_grpc.ExplainerServicer):
+    """Serves the configured explainers; every model call goes through one bounded worker."""
+
+    def __init__(self, explainers: Mapping[str, Explainer], default: str, limits: Limits) -> None:
+        self.explainers = dict(explainers)
+        self.default = default
+        self.limits = limits
+        self.worker = Worker(limits.queue_size)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        models = [
+            pb.ModelInfo(name=name, is_default=name == self.default, architecture=str(explainer.loaded.model.config.model_type))
+            for name, explainer in self.explainers.items()
+        ]
+        return pb.ListModelsResponse(models=models, limits=self.limits.to_proto())
+
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExplainEvent]:
+        record = RequestLog("Explain")
+        kind = request.WhichOneof("prompt")
+        _describe(record, getattr(request, kind) if kind else None, request.budget if request.HasField("budget") else None)
+        try:
+            record.model = resolve_model(request.model, self.explainers, self.default)
+            arguments = explain_arguments(request, self.limits)
+            explainer = self.explainers[record.model]
+
+            def job(emit: Callable, should_stop: Callable[[], bool]) -> None:
+                for event in explainer.explain_stream(**arguments, on_progress=emit, should_stop=should_stop):
+                    emit(event)
+
+            async for event in self._run(job, context, record):
+                if event.kind == "done":
+                    record.evaluations = event.explanation.stats.get("evaluations", 0)
+                yield event_to_proto(event, record.id)
+        except RequestError as error:
+            await self._abort(context, record, error)
+        finally:
+            record.emit()
+
+    async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
+        record = RequestLog("Rerank")
+        _describe(record, request.prompt if request.HasField("prompt") else None, request.budget if request.HasField("budget") else None)
+        try:
+            record.model = resolve_model(request.model, self.explainers, self.default)
+            arguments, candidates = rerank_arguments(request, self.limits)
+            explainer = self.explainers[record.model]
+            async for response in self._run(lambda emit, stop: emit(rerank(explainer, arguments, candidates, stop)), context, record):
+                record.evaluations = response.summary.evaluations
+                return response
+            raise RequestError(grpc.StatusCode.INTERNAL, "rerank ended without a result")
+        except RequestError as error:
+            await self._abort(context, record, error)
+        finally:
+            record.emit()
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, record: RequestLog, error: RequestError) -> None:
+        record.outcome = error.code.name
+        await context.abort(error.code, error.message)
+
+    async def _run(self, job: Callable, context: grpc.aio.ServicerContext, record: RequestLog) -> AsyncIterator:
+        """Run `job(emit, should_stop)` on the worker and yield what it emits, as it emits it.
+
+        Leaving this generator early (client cancelled, deadline, shutdown) sets the stop
+        flag, which the engine polls before every decoder layer, so the worker is freed
+        within a fraction of a second.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+
+        def should_stop() -> bool:
+            return stop.is_set() or (deadline is not None and time.monotonic() > deadline)
+
+        def emit(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the event loop is gone: nobody listens any more
+                stop.set()
+
+        def work() -> None:
+            try:
+                if should_stop():
+                    raise Cancelled("cancelled while queued")
+                job(emit, should_stop)
+                emit(_END)
+            except BaseException as error:  # noqa: BLE001 - every failure goes back to the handler
+                emit(_Failure(error))
+
+        try:
+            self.worker.submit(work)
+        except QueueFull as error:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
+        await context.send_initial_metadata((("x-request-id", record.id),))
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, _Failure):
+                    raise self._status(item.error, deadline)
+                yield item
+        except asyncio.CancelledError:
+            record.outcome = "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() > deadline else "CANCELLED"
+            raise
+        finally:
+            stop.set()
+
+    @staticmethod
+    def _status(error: BaseException, deadline: float | None) -> RequestError:
+        """Map a worker failure to the status the client sees."""
+        if isinstance(error, Cancelled):
+            expired = deadline is not None and time.monotonic() > deadline
+            return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED, str(error))
+        if isinstance(error, ValueError):
+            return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        log.error("request failed", exc_info=error)
+        return RequestError(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")

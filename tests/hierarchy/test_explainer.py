@@ -1,0 +1,195 @@
+"""The hierarchy walk: streaming, pruning, nested coherence, validation, and one real-model run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hierarchy.data import load_nq, nq_prompt
+from hierarchy.explainer import Explainer
+from hierarchy.subgames import Cancelled
+
+DOCUMENTS = [
+    {"title": "Paris", "text": "Paris is the capital of France. It lies on the Seine. Dr. Smith lives there."},
+    {"title": "Berlin", "text": "Berlin is the capital of Germany. It has many museums."},
+    {"title": "Fox", "text": "The quick brown fox jumps over the lazy dog. The dog sleeps."},
+]
+QUESTION = "What is the capital of France?"
+
+
+def qa(explainer: Explainer, **options):
+    return explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", **options)
+
+
+def expected_expansions(level, total_effect: float, cap) -> set[str]:
+    """TextGenSHAP's rule, recomputed from the reported numbers."""
+    sign = 1.0 if total_effect >= 0 else -1.0
+    importance = {f.id: sign * f.value - f.stderr for f in level.features}
+    passing = sorted((i for i, v in importance.items() if v >= level.threshold * abs(total_effect)), key=lambda i: -importance[i])
+    return set(passing[:cap])
+
+
+def test_stream_order_and_schema(tiny_explainer):
+    events = list(tiny_explainer.explain_stream(question=QUESTION, documents=DOCUMENTS, target="Paris", thresholds=0.0, budget=40))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "answer" and kinds[-1] == "done"
+    assert kinds[1:-1] == ["level_start", "level"] * (len(kinds[1:-1]) // 2)
+    result = events[-1].explanation.to_dict()
+    json.dumps(result)
+    assert set(result) >= {"answer", "levels", "stats"}
+    assert set(result["stats"]) >= {"evaluations", "forward_tokens", "wall_seconds"}
+    for level in result["levels"]:
+        assert set(level) >= {"level", "features", "evaluations"}
+        for feature in level["features"]:
+            assert set(feature) >= {"id", "parent", "text", "start", "end", "value", "stderr", "expanded"}
+            assert DOCUMENTS[feature["doc"]]["text"][feature["start"] : feature["end"]] == feature["text"]
+
+
+@pytest.mark.parametrize("threshold,cap", [(0.0, 100), (0.05, 2), (0.2, 1), (10.0, 100)])
+def test_pruning_expands_exactly_the_units_that_pass(tiny_explainer, threshold, cap):
+    result = qa(tiny_explainer, thresholds=threshold, max_expanded=cap, budget=60, seed=3)
+    for level, following in zip(result.levels, result.levels[1:] + [None]):
+        expanded = {f.id for f in level.features if f.expanded}
+        if following is None:
+            assert not expanded
+            continue
+        assert expanded == expected_expansions(level, result.total_effect, cap)
+        assert {f.parent for f in following.features} == expanded
+    if threshold == 10.0:
+        assert len(result.levels) == 1
+
+
+def test_levels_are_one_coherent_game(tiny_explainer):
+    """Owen mode, exact: each expanded unit's children add up to the unit's value."""
+    result = qa(
+        tiny_explainer, method="exact", budget=10**6, thresholds=0.0, max_expanded={"document": 100, "sentence": 2},
+        levels=("document", "sentence", "word"),
+    )
+    assert all(f.stderr == 0 for level in result.levels for f in level.features)  # every context enumerated
+    for parent_level, child_level in zip(result.levels, result.levels[1:]):
+        for parent in parent_level.features:
+            children = [f.value for f in child_level.features if f.parent == parent.id]
+            if parent.expanded:
+                assert sum(children) == pytest.approx(parent.value, abs=1e-6)
+    documents = result.level("document")
+    assert sum(f.value for f in documents.features) == pytest.approx(result.total_effect, abs=1e-6)
+
+
+def test_same_seed_same_values_and_seed_matters(tiny_explainer):
+    first = qa(tiny_explainer, levels=("document", "sentence"), thresholds=0.0, budget=30, seed=7)
+    again = qa(tiny_explainer, levels=("document", "sentence"), thresholds=0.0, budget=30, seed=7)
+    other = qa(tiny_explainer, levels=("document", "sentence"), thresholds=0.0, budget=30, seed=8)
+    values = lambda r: [f.value for level in r.levels for f in level.features]  # noqa: E731
+    assert values(first) == values(again)
+    assert values(first) != values(other)
+
+
+def test_local_mode_and_placeholder(tiny_explainer):
+    local = qa(tiny_explainer, mode="local", levels=("document", "sentence"), thresholds=0.0, method="exact")
+    owen = qa(tiny_explainer, mode="owen", levels=("document", "sentence"), thresholds=0.0, method="exact", budget=10**4)
+    assert [f.value for f in local.levels[0].features] == pytest.approx([f.value for f in owen.levels[0].features])
+    assert [f.value for f in local.levels[1].features] != pytest.approx([f.value for f in owen.levels[1].features])
+    placeholder = qa(tiny_explainer, levels=("document",), placeholder="[removed]", method="exact")
+    assert [f.value for f in placeholder.levels[0].features] != pytest.approx([f.value for f in owen.levels[0].features])
+
+
+def test_generated_answer_and_answer_distribution(tiny_explainer):
+    result = tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, value="answers", max_new_tokens=3, levels=("document",), method="exact")
+    assert result.answers and result.answers[0]["answer"] == result.answer
+    assert sum(a["share"] for a in result.answers) <= 1.0 + 1e-9
+    feature = result.levels[0].features[0]
+    assert feature.values_by_answer is not None and result.answer in feature.values_by_answer
+
+
+def test_classification(tiny_explainer):
+    text = "a charming and often affecting journey"
+    result = tiny_explainer.explain(text=text, labels=["negative", "positive"], method="exact")
+    probabilities = result.label_probabilities
+    assert sum(probabilities.values()) == pytest.approx(1.0)
+    assert result.answer == max(probabilities, key=probabilities.get)
+    words = result.level("word").features
+    assert [f.text for f in words] == text.split()
+    assert sum(f.value for f in words) == pytest.approx(result.total_effect, abs=1e-9)
+    assert result.full_value == pytest.approx(np.log(probabilities[result.answer]))
+
+
+def test_progress_and_cancellation(tiny_explainer):
+    seen = []
+    qa(tiny_explainer, levels=("document", "sentence"), thresholds=0.0, budget=400, on_progress=seen.append)
+    assert seen and all(0 < p.evaluations <= p.planned_evaluations + 64 for p in seen)
+    calls = {"n": 0}
+
+    def stop_after_some_work() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 20
+
+    with pytest.raises(Cancelled):
+        qa(tiny_explainer, budget=10**4, should_stop=stop_after_some_work)
+    assert qa(tiny_explainer, levels=("document",)).answer == "Paris"  # the explainer still works afterwards
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"question": ""}, "question"),
+        ({"documents": []}, "documents"),
+        ({"documents": [{"title": "x", "text": "   "}]}, "documents[0].text"),
+        ({"documents": [{"title": "x"}]}, "documents[0].text"),
+        ({"documents": [42]}, "documents[0]"),
+        ({"levels": ("word", "document")}, "levels"),
+        ({"levels": ("paragraph",)}, "levels"),
+        ({"levels": ()}, "levels"),
+        ({"levels": ("word", "token")}, "levels"),
+        ({"method": "magic"}, "method"),
+        ({"budget": 0}, "budget"),
+        ({"budget": -5}, "budget"),
+        ({"thresholds": float("nan")}, "thresholds"),
+        ({"thresholds": -0.1}, "thresholds"),
+        ({"thresholds": {"chapter": 0.1}}, "thresholds"),
+        ({"max_expanded": -1}, "max_expanded"),
+        ({"mode": "global"}, "mode"),
+        ({"value": "label"}, "value"),
+        ({"value": "nonsense"}, "value function"),
+        ({"target": "  "}, "target"),
+        ({"target_stderr": 0}, "target_stderr"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"text": "hello", "labels": ["a", "b"]}, "not both"),
+    ],
+)
+def test_bad_requests_name_the_field(tiny_explainer, options, message):
+    request = {"question": QUESTION, "documents": DOCUMENTS, "target": "Paris", **options}
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        tiny_explainer.explain(**request)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"labels": ["positive"]}, "labels"),
+        ({"labels": ["pos", "pos"]}, "duplicate"),
+        ({"labels": ["pos", ""]}, "labels"),
+        ({"target": "neutral"}, "target"),
+        ({"text": ""}, "text"),
+        ({"value": "logprob"}, "value"),
+    ],
+)
+def test_bad_classification_requests(tiny_explainer, options, message):
+    request = {"text": "a fine film", "labels": ["negative", "positive"], **options}
+    with pytest.raises(ValueError, match=message):
+        tiny_explainer.explain(**request)
+
+
+@pytest.mark.slow
+def test_default_model_finds_the_gold_passage(default_explainer):
+    """4-passage NQ prompt on Gemma 3 270M: the gold passage, then its answer sentence, carry the answer."""
+    prompt = nq_prompt(load_nq(), 5, 3, seed=0)
+    result = default_explainer.explain(
+        question=prompt.question, documents=prompt.documents, levels=("document", "sentence"), budget=24, seed=0
+    )
+    assert result.answer in prompt.answers
+    documents = result.level("document").features
+    top = max(documents, key=lambda f: f.value)
+    assert top.id == f"d{prompt.gold_index}" and top.expanded
+    sentences = [f for f in result.level("sentence").features if f.parent == top.id]
+    assert result.answer in max(sentences, key=lambda f: f.value).text

@@ -1,0 +1,139 @@
+"""Value functions: what they return for a batch of prompts, against the scorer directly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hierarchy.models import load_model
+from hierarchy.scorer import ModelScorer
+from hierarchy.values import VALUE_FUNCTIONS, Target, build_value_function
+from hierarchy.values.answers import AnswerDistribution, normalise_answer
+from hierarchy.values.label import label_token_ids, normalised_label_logprobs
+
+FULL = "Question: What is the capital of France?\nAnswer:"
+PROMPTS = [FULL, "Paris is the capital of France.\n" + FULL, "Answer:"]
+LABELS = ["negative", "positive", "neutral"]
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_llama_dir):
+    return ModelScorer(load_model(str(tiny_llama_dir), device="cpu"))
+
+
+def test_registry_names_and_unknown_name(scorer):
+    assert {"logprob", "probability", "label", "answers"} <= set(VALUE_FUNCTIONS)
+    with pytest.raises(ValueError, match="unknown value function 'nope'"):
+        build_value_function("nope", scorer, Target(FULL, answer="Paris"))
+
+
+def test_logprob_is_scorer_logprob_of_space_answer(scorer):
+    value = build_value_function("logprob", scorer, Target(FULL, answer="  the capital  "))
+    assert value.name == "logprob" and value.columns == ["the capital"]
+    tokens = scorer.continuation_ids(FULL, " the capital")
+    assert value.tokens == tokens and len(tokens) > 1
+    out = value(PROMPTS)
+    assert out.shape == (len(PROMPTS),)
+    np.testing.assert_allclose(out, scorer.continuation_logprobs(PROMPTS, [tokens])[:, 0], atol=1e-9)
+    assert np.all(out < 0)
+    # A different answer is a different value.
+    other = build_value_function("logprob", scorer, Target(FULL, answer="Berlin"))(PROMPTS)
+    assert not np.allclose(other, out)
+
+
+def test_logprob_rejects_empty_answer(scorer):
+    for answer in (None, "", "   "):
+        with pytest.raises(ValueError, match="answer"):
+            build_value_function("logprob", scorer, Target(FULL, answer=answer))
+
+
+def test_probability_is_exp_logprob(scorer):
+    target = Target(FULL, answer="Paris")
+    logprob = build_value_function("logprob", scorer, target)(PROMPTS)
+    probability = build_value_function("probability", scorer, target)(PROMPTS)
+    np.testing.assert_allclose(probability, np.exp(logprob), rtol=1e-12)
+    assert np.all((probability > 0) & (probability < 1))
+
+
+def test_label_value_normalised_over_labels(scorer):
+    label_ids = label_token_ids(scorer, FULL, LABELS)
+    assert label_ids == [scorer.continuation_ids(FULL, " " + label) for label in LABELS]
+    raw = scorer.continuation_logprobs(PROMPTS, label_ids)
+    normalised = normalised_label_logprobs(scorer, PROMPTS, label_ids)
+    np.testing.assert_allclose(np.exp(normalised).sum(axis=1), 1.0, atol=1e-12)
+    # Normalising only shifts each row: differences between labels are the raw ones.
+    np.testing.assert_allclose(normalised - normalised[:, :1], raw - raw[:, :1], atol=1e-9)
+    per_label = np.column_stack(
+        [build_value_function("label", scorer, Target(FULL, labels=LABELS, label_index=i))(PROMPTS) for i in range(len(LABELS))]
+    )
+    np.testing.assert_allclose(per_label, normalised, atol=1e-9)
+    np.testing.assert_allclose(np.exp(per_label).sum(axis=1), 1.0, atol=1e-9)
+    value = build_value_function("label", scorer, Target(FULL, labels=LABELS, label_index=1))
+    assert value.columns == ["positive"]
+
+
+def test_label_needs_labels_and_index(scorer):
+    with pytest.raises(ValueError, match="labels"):
+        build_value_function("label", scorer, Target(FULL, labels=LABELS))
+    with pytest.raises(ValueError, match="labels"):
+        build_value_function("label", scorer, Target(FULL, label_index=0))
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [("Paris", "paris"), ("Paris.", "paris"), ("  the   Eiffel Tower! ", "the eiffel tower"), ('"Yes"', "yes"), ("Paris,", "PARIS")],
+)
+def test_normalise_answer_merges_variants(a, b):
+    assert normalise_answer(a) == normalise_answer(b)
+
+
+def test_normalise_answer_keeps_different_answers_apart():
+    assert normalise_answer("Paris") != normalise_answer("Paris, Texas")
+    assert normalise_answer("U.S.") == "u.s"  # only trailing punctuation goes
+
+
+class FakeScorer:
+    """Greedy answers scripted per prompt, to control which answers appear."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.calls = []
+
+    def greedy(self, prompts, max_new_tokens):
+        self.calls.append(max_new_tokens)
+        return [list(self.answers[p].encode()) for p in prompts]
+
+    def decode(self, tokens):
+        return bytes(tokens).decode().strip()
+
+
+def test_answers_one_hot_and_growing_columns():
+    scorer = FakeScorer({"a": " Paris.", "b": "paris", "c": "Berlin", "d": "  Rome ", "e": "BERLIN!"})
+    value = AnswerDistribution(scorer, Target("full", answer="Paris", max_new_tokens=7))
+    assert value.columns == ["Paris"]
+    first = value(["a", "c", "b"])
+    np.testing.assert_array_equal(first, [[1, 0], [0, 1], [1, 0]])
+    assert value.columns == ["Paris", "Berlin"]
+    second = value(["d", "e", "a"])
+    np.testing.assert_array_equal(second, [[0, 0, 1], [0, 1, 0], [1, 0, 0]])
+    assert value.columns == ["Paris", "Berlin", "Rome"]
+    assert value.counts == [3, 2, 1]
+    assert scorer.calls == [7, 7]
+    assert AnswerDistribution.name == "answers"
+
+
+def test_answers_without_target_answer_start_empty():
+    value = AnswerDistribution(FakeScorer({"x": "Lyon"}), Target("full"))
+    assert value.columns == []
+    np.testing.assert_array_equal(value(["x", "x"]), [[1], [1]])
+    assert value.columns == ["Lyon"]
+
+
+def test_answers_on_the_tiny_model_match_greedy(scorer):
+    value = build_value_function("answers", scorer, Target(FULL, max_new_tokens=4))
+    out = value(PROMPTS)
+    decoded = [scorer.decode(t) for t in scorer.greedy(PROMPTS, 4)]
+    assert out.shape == (len(PROMPTS), len(value.columns))
+    np.testing.assert_array_equal(out.sum(axis=1), 1.0)
+    assert set(np.unique(out)) <= {0.0, 1.0}
+    for row, answer in zip(out, decoded):
+        assert normalise_answer(value.columns[int(row.argmax())]) == normalise_answer(answer)
