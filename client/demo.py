@@ -1,53 +1,91 @@
-"""`make demo`: explain a real multi-passage NaturalQuestions answer on the default model.
+"""`make demo`: serve the default model, explain a real multi-passage NQ answer through the CLI.
 
-Builds a 4-passage prompt (the gold passage among seeded distractors) from
-../shared/data/nq, explains the model's greedy answer document → sentence → word,
-and prints each level as soon as it is finished.
+Starts `longshap serve` on 127.0.0.1 (a free port) with the embedded Gemma 3 270M,
+waits for its health to be SERVING, writes the demo row's passages (the gold one
+among seeded distractors, from ../shared/data/nq) to a temporary JSONL file, runs
+`longshap explain` against the server (levels stream in as they finish) with an HTML
+report in reports/demo.html, and stops the server.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
-from hierarchy import Explainer
+from client.api import LongShapClient, LongShapError
 from hierarchy.data import load_nq, nq_prompt
 
 DEMO_ROW = 5  # "when did the angel of the north get built": Gemma 3 270M answers it from its passage
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def print_level(level, top: int = 6) -> None:
-    print(f"\n== {level.level} level: {len(level.features)} units, {level.evaluations} model evaluations, {level.wall_seconds:.1f} s")
-    for feature in sorted(level.features, key=lambda f: -f.value)[:top]:
-        mark = "▶" if feature.expanded else " "
-        text = feature.text if feature.id.count(".") else f"[{feature.title}] {feature.text}"
-        print(f"  {mark} {feature.id:<12} {feature.value:+8.3f} ± {feature.stderr:.3f}  {text[:70]!s}")
+def start_server(model: str | None) -> tuple[subprocess.Popen, str]:
+    """Start `longshap serve --port 0` and read the bound port from its JSON log."""
+    command = [sys.executable, "-m", "client.cli", "serve", "--host", "127.0.0.1", "--port", "0", *(["--model", model] if model else [])]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("message") == "listening":
+            # Keep draining the server's log (request lines) so a full pipe never blocks it.
+            threading.Thread(target=lambda: sys.stderr.writelines(process.stderr), daemon=True).start()
+            return process, f"127.0.0.1:{entry['port']}"
+    raise RuntimeError(f"the server exited with code {process.wait()} before listening")
 
 
-def main(argv: list[str] | None = None) -> None:
+def wait_serving(address: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with LongShapClient(address) as client:
+        while True:
+            try:
+                if client.health(timeout=2.0) == "SERVING":
+                    return
+            except LongShapError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server at {address} did not report SERVING within {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--row", type=int, default=DEMO_ROW, help="NQ row whose question is asked")
     parser.add_argument("--distractors", type=int, default=3)
     parser.add_argument("--budget", type=int, default=60, help="model evaluations per level")
-    parser.add_argument("--model", default=None, help="local Hugging Face directory (default: embedded Gemma 3 270M)")
+    parser.add_argument("--model", help="served model (NAME=PATH or a local directory; default: embedded Gemma 3 270M)")
+    parser.add_argument("--html", type=Path, default=ROOT / "reports" / "demo.html")
     args = parser.parse_args(argv)
 
-    started = time.perf_counter()
-    explainer = Explainer.from_pretrained(args.model)
-    print(f"model loaded in {time.perf_counter() - started:.1f} s")
     prompt = nq_prompt(load_nq(), args.row, args.distractors, seed=0)
-    print(f"question: {prompt.question}\ngold answers: {prompt.answers}; gold passage: d{prompt.gold_index}")
-    for event in explainer.explain_stream(question=prompt.question, documents=prompt.documents, budget=args.budget, seed=0):
-        if event.kind == "answer":
-            print(f"model answer ({event.source}): {event.answer!r}")
-        elif event.kind == "level":
-            print_level(event.result)
-        elif event.kind == "done":
-            stats = event.explanation.stats
-            print(
-                f"\ntotal: {stats['evaluations']} evaluations, {stats['forward_tokens']} forwarded tokens, "
-                f"{stats['wall_seconds']:.1f} s explaining, {time.perf_counter() - started:.1f} s in all"
-            )
+    print(f"question: {prompt.question}\ngold answers: {prompt.answers}; gold passage: d{prompt.gold_index}", flush=True)
+    started = time.perf_counter()
+    server, address = start_server(args.model)
+    try:
+        wait_serving(address)
+        print(f"server SERVING on {address} after {time.perf_counter() - started:.1f} s", flush=True)
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", encoding="utf-8", delete=False) as docs:
+            docs.writelines(json.dumps(doc, ensure_ascii=False) + "\n" for doc in prompt.documents)
+        command = [
+            sys.executable, "-m", "client.cli", "explain", "--server", address, "--question", prompt.question,
+            "--docs-jsonl", docs.name, "--budget", str(args.budget), "--seed", "0", "--html", str(args.html),
+        ]
+        result = subprocess.run(command, cwd=ROOT)
+        os.unlink(docs.name)
+        return result.returncode
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        print("server stopped", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

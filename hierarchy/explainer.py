@@ -160,38 +160,17 @@ class Explainer:
         started = time.perf_counter()
         stats_before = self.scorer.stats.as_dict()
         self._check_common(method, budget, seed, mode, target_stderr, max_new_tokens)
-        classification = text is not None or labels is not None
-        if classification and (question is not None or documents is not None):
-            raise ValueError("give either question and documents (QA) or text and labels (classification), not both")
-        if classification:
-            if text is None or labels is None:
-                raise ValueError("classification needs both text and labels")
-            prompt = ClassificationPrompt(text, list(labels), placeholder=placeholder, **({"instruction": instruction} if instruction else {}))
-            levels = _levels(levels, CLASSIFICATION_LEVELS)
-        else:
-            if question is None or documents is None:
-                raise ValueError("QA needs question and documents (or give text and labels for classification)")
-            prompt = QAPrompt(question, _documents(documents), placeholder=placeholder, **({"instruction": instruction} if instruction else {}))
-            levels = _levels(levels, QA_LEVELS)
+        prompt, classification = self._prompt(question, documents, text, labels, placeholder, instruction)
+        levels = _levels(levels, CLASSIFICATION_LEVELS if classification else QA_LEVELS)
         thresholds = _per_level(thresholds, DEFAULT_THRESHOLDS, "thresholds", levels)
         _check_thresholds(thresholds)
         caps = _per_level(max_expanded, DEFAULT_MAX_EXPANDED, "max_expanded", levels)
         _check_max_expanded(caps)
 
         tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
-        full_prompt = prompt.render(tree)
         self.scorer.should_stop = should_stop
         try:
-            if classification:
-                value = value or "label"
-                if value != "label":
-                    raise ValueError(f"value: classification uses the 'label' value function, not {value!r}")
-                target_spec, answer_event = self._classification_target(prompt, full_prompt, target, max_new_tokens)
-            else:
-                value = value or "logprob"
-                if value == "label":
-                    raise ValueError("value: 'label' is for classification (text and labels)")
-                target_spec, answer_event = self._qa_target(full_prompt, target, max_new_tokens)
+            value, target_spec, answer_event = self._target(prompt, classification, tree, target, value, max_new_tokens)
             yield answer_event
             value_fn = build_value_function(value, self.scorer, target_spec)
             request = RequestGame(lambda absent: prompt.render(tree, absent), value_fn, should_stop)
@@ -203,6 +182,65 @@ class Explainer:
             )
         finally:
             self.scorer.should_stop = None
+
+    def probability_function(
+        self,
+        level: str,
+        question: str | None = None,
+        documents: Sequence | None = None,
+        text: str | None = None,
+        labels: Sequence[str] | None = None,
+        target: str | None = None,
+        placeholder: str | None = None,
+        instruction: str | None = None,
+        max_new_tokens: int = 20,
+    ) -> tuple[list[str], Callable[[np.ndarray], np.ndarray]]:
+        """The units of `level` and p(explained output | only the units kept in each row), for `hierarchy.metrics`.
+
+        The output is the same one `explain` would explain for this request (the given
+        target, the greedy answer, or the predicted label); unit ids match its features.
+        """
+        prompt, classification = self._prompt(question, documents, text, labels, placeholder, instruction)
+        tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
+        _, target_spec, _ = self._target(prompt, classification, tree, target, None, max_new_tokens)
+        value_fn = build_value_function("label" if classification else "probability", self.scorer, target_spec)
+        request = RequestGame(lambda absent: prompt.render(tree, absent), value_fn)
+        units = tree.expand(ROOT, _levels([level], ())[0])
+
+        def probability(keep: np.ndarray) -> np.ndarray:
+            keep = np.asarray(keep, dtype=bool).reshape(-1, len(units))
+            values = request.values([frozenset(u for u, kept in zip(units, row) if not kept) for row in keep])[:, 0]
+            return np.exp(values) if classification else values
+
+        return units, probability
+
+    @staticmethod
+    def _prompt(question, documents, text, labels, placeholder, instruction) -> tuple[QAPrompt | ClassificationPrompt, bool]:
+        """Validate the prompt fields; classification when text or labels are given."""
+        extra = {"instruction": instruction} if instruction else {}
+        classification = text is not None or labels is not None
+        if classification and (question is not None or documents is not None):
+            raise ValueError("give either question and documents (QA) or text and labels (classification), not both")
+        if classification:
+            if text is None or labels is None:
+                raise ValueError("classification needs both text and labels")
+            return ClassificationPrompt(text, list(labels), placeholder=placeholder, **extra), True
+        if question is None or documents is None:
+            raise ValueError("QA needs question and documents (or give text and labels for classification)")
+        return QAPrompt(question, _documents(documents), placeholder=placeholder, **extra), False
+
+    def _target(self, prompt, classification: bool, tree: FeatureTree, target, value, max_new_tokens) -> tuple[str, Target, AnswerEvent]:
+        """The value function's name, what it explains, and the event announcing it."""
+        full_prompt = prompt.render(tree)
+        if classification:
+            value = value or "label"
+            if value != "label":
+                raise ValueError(f"value: classification uses the 'label' value function, not {value!r}")
+            return (value, *self._classification_target(prompt, full_prompt, target, max_new_tokens))
+        value = value or "logprob"
+        if value == "label":
+            raise ValueError("value: 'label' is for classification (text and labels)")
+        return (value, *self._qa_target(full_prompt, target, max_new_tokens))
 
     @staticmethod
     def _check_common(method, budget, seed, mode, target_stderr, max_new_tokens) -> None:
@@ -254,6 +292,7 @@ class Explainer:
         for depth, level in enumerate(levels):
             level_started = time.perf_counter()
             evaluations_before = request.evaluations
+            tokens_before = (self.scorer.stats.forward_tokens, self.scorer.stats.reused_tokens)
             groups = [(parent, tree.expand(parent, level)) for parent in parents]
             groups = [(parent, children) for parent, children in groups if children]
             budgets = self._split_budget(budget, method, [len(children) for _, children in groups])
@@ -282,6 +321,8 @@ class Explainer:
             result_level = Level(
                 level, features, request.evaluations - evaluations_before, thresholds[level], method,
                 round(time.perf_counter() - level_started, 3),
+                forward_tokens=self.scorer.stats.forward_tokens - tokens_before[0],
+                reused_tokens=self.scorer.stats.reused_tokens - tokens_before[1],
             )
             results.append(result_level)
             yield LevelEvent(result_level)

@@ -29,6 +29,8 @@ class Level:
     threshold: float
     method: str
     wall_seconds: float
+    forward_tokens: int = 0
+    reused_tokens: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -22,7 +22,9 @@ class Permutation:
     coalitions each, from empty to full) go to the game in one batch under one outer
     context. Each chain telescopes, so the values sum to v(N) - v(empty) exactly for
     plain games. The standard error treats each pair's averaged contributions as one
-    iid sample.
+    iid sample; with a single pair (long sentences on a small budget) it treats the two
+    chains as separate samples, which overestimates it when, as intended, the reversed
+    chain is negatively correlated with the first: wide but honest, rather than inf.
 
     Budget: a pair costs at most 2n new evaluations (the chains share the empty and
     full coalitions); pairs continue while another one fits, always at least one pair
@@ -50,8 +52,11 @@ class Permutation:
             positions = rng.permutation(n)
             reverse = n - 1 - positions
             chains = game.evaluate(np.vstack([positions < steps, reverse < steps]), [context] * (2 * n + 2))
-            moments.add((_marginals(chains[: n + 1], positions) + _marginals(chains[n + 1 :], reverse)) / 2)
+            forward, backward = _marginals(chains[: n + 1], positions), _marginals(chains[n + 1 :], reverse)
+            moments.add((forward + backward) / 2)
             values, stderr = moments.mean, moments.stderr()
+            if moments.count == 1:
+                stderr = np.abs(forward - backward) / 2
             spent = game.evaluations - start
             report(progress, spent, budget, values, stderr)
             if done(stderr, target_stderr, moments.count) or spent + 2 * n > budget or moments.count >= cap:

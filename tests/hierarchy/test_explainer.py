@@ -193,3 +193,22 @@ def test_default_model_finds_the_gold_passage(default_explainer):
     assert top.id == f"d{prompt.gold_index}" and top.expanded
     sentences = [f for f in result.level("sentence").features if f.parent == top.id]
     assert result.answer in max(sentences, key=lambda f: f.value).text
+
+
+def test_probability_function_feeds_the_metrics(tiny_explainer):
+    from hierarchy import metrics
+
+    text = "a charming and often affecting journey"
+    request = {"text": text, "labels": ["negative", "positive"]}
+    result = tiny_explainer.explain(**request, method="exact")
+    units, probability = tiny_explainer.probability_function("word", **request)
+    assert units == [f.id for f in result.level("word").features]
+    everything, nothing = probability(np.array([[True] * len(units), [False] * len(units)]))
+    assert everything == pytest.approx(result.label_probabilities[result.answer])
+    assert np.log(nothing) == pytest.approx(result.empty_value)
+    values = [f.value for f in result.level("word").features]
+    report = metrics.aopc(probability, values)
+    assert 0 <= report["aopc_comprehensiveness"] <= 1 and 0 <= report["aopc_sufficiency"] <= 1
+    qa_units, qa_probability = tiny_explainer.probability_function("document", question=QUESTION, documents=DOCUMENTS, target="Paris")
+    qa_result = qa(tiny_explainer, levels=("document",), value="probability", method="exact")
+    assert qa_probability(np.ones((1, len(qa_units)), dtype=bool))[0] == pytest.approx(qa_result.full_value)

@@ -1,0 +1,35 @@
+"""What every benchmark shares: --quick/--json flags, a printed table, a flat JSON of figures."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a small seeded subset (minutes, not hours)")
+    p.add_argument("--json", type=Path, help="write a flat object of the figures here")
+    p.add_argument("--model", default=None, help="local model directory (default: embedded Gemma 3 270M)")
+    return p
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence], title: str) -> None:
+    cells = [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print(f"\n{title}\n")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+
+
+def write_json(path: Path | None, figures: dict) -> None:
+    if path is None:
+        return
+    figures = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}", **figures}
+    path.write_text(json.dumps(figures, indent=2, sort_keys=True))

@@ -1,0 +1,63 @@
+"""KV-cache prefix reuse on and off: the same explanation, forwarded tokens and time per level.
+
+Run from the repository root: `python -m bench.kv_reuse [--quick] [--json PATH]`.
+Both runs use the same seed, so they evaluate the same coalitions; the values must
+agree up to float noise, and the table reports the largest difference.
+"""
+from __future__ import annotations
+
+import time
+
+from bench.common import parser, print_table, write_json
+from hierarchy import Explainer
+from hierarchy.data import load_nq, nq_prompt
+
+
+def run(explainer: Explainer, prompt, budget: int, reuse: bool):
+    explainer.scorer.reuse_prefix = reuse
+    started = time.perf_counter()
+    result = explainer.explain(question=prompt.question, documents=prompt.documents, budget=budget, seed=0)
+    return result, time.perf_counter() - started
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    rows, budget, distractors = ([5], 40, 3) if args.quick else ([5, 3, 11], 100, 5)
+    explainer = Explainer.from_pretrained(args.model)
+    nq = load_nq()
+    table, totals = [], {"off": 0, "on": 0, "reused": 0, "t_off": 0.0, "t_on": 0.0}
+    worst = 0.0
+    for row in rows:
+        prompt = nq_prompt(nq, row, distractors, seed=0)
+        off, time_off = run(explainer, prompt, budget, reuse=False)
+        on, time_on = run(explainer, prompt, budget, reuse=True)
+        for level_off, level_on in zip(off.levels, on.levels):
+            diff = max(abs(a.value - b.value) for a, b in zip(level_off.features, level_on.features))
+            worst = max(worst, diff)
+            table.append([
+                row, level_on.level, level_on.evaluations, level_off.forward_tokens, level_on.forward_tokens,
+                level_on.reused_tokens, level_off.forward_tokens / max(level_on.forward_tokens, 1),
+                level_off.wall_seconds, level_on.wall_seconds, diff,
+            ])
+            if level_on.level != "document":
+                totals["off"] += level_off.forward_tokens
+                totals["on"] += level_on.forward_tokens
+            totals["reused"] += level_on.reused_tokens
+        totals["t_off"] += time_off
+        totals["t_on"] += time_on
+    print_table(
+        ["NQ row", "level", "evals", "tokens off", "tokens on", "reused", "ratio", "s off", "s on", "max |Δvalue|"],
+        table,
+        f"KV prefix reuse, {distractors + 1} passages, budget {budget}/level, {explainer.loaded.name}",
+    )
+    ratio = totals["off"] / max(totals["on"], 1)
+    print(f"\nsentence+word levels: forwarded tokens {totals['off']} → {totals['on']} ({ratio:.2f}×), "
+          f"time {totals['t_off']:.1f} s → {totals['t_on']:.1f} s ({totals['t_off'] / totals['t_on']:.2f}×), max |Δvalue| {worst:.2e}")
+    write_json(args.json, {
+        "forwarded_token_ratio": ratio, "time_ratio": totals["t_off"] / totals["t_on"], "max_value_difference": worst,
+        "forwarded_tokens_off": totals["off"], "forwarded_tokens_on": totals["on"], "budget": budget, "passages": distractors + 1,
+    })
+
+
+if __name__ == "__main__":
+    main()
