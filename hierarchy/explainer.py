@@ -9,6 +9,7 @@ at most `max_expanded` units per level are expanded, the most important first.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -111,14 +112,22 @@ def _check_max_expanded(caps: Mapping) -> None:
 class Explainer:
     """Hierarchical Shapley explanations of a causal LM's answer."""
 
-    def __init__(self, loaded: LoadedModel, max_batch_tokens: int = 4096) -> None:
+    def __init__(self, loaded: LoadedModel, max_batch_tokens: int = 4096, draft: LoadedModel | None = None) -> None:
         self.loaded = loaded
-        self.scorer = ModelScorer(loaded, max_batch_tokens=max_batch_tokens)
+        self.scorer = ModelScorer(loaded, max_batch_tokens=max_batch_tokens, draft=draft)
 
     @classmethod
-    def from_pretrained(cls, model: str | None = None, max_batch_tokens: int = 4096, **load_options) -> "Explainer":
-        """None or 'gemma-3-270m' loads the embedded default; otherwise a local Hugging Face directory."""
-        return cls(load_model(model, **load_options), max_batch_tokens=max_batch_tokens)
+    def from_pretrained(
+        cls, model: str | None = None, max_batch_tokens: int = 4096, draft_model: str | None = None, **load_options
+    ) -> "Explainer":
+        """None or 'gemma-3-270m' loads the embedded default; otherwise a local Hugging Face directory.
+
+        `draft_model` (same tokenizer, smaller) proposes tokens whenever an answer has to
+        be decoded; `load_options` go to `hierarchy.models.load_model` (device, dtype,
+        quantization, attn_implementation).
+        """
+        draft = load_model(draft_model, **load_options) if draft_model is not None else None
+        return cls(load_model(model, **load_options), max_batch_tokens=max_batch_tokens, draft=draft)
 
     def explain(self, **request) -> Explanation:
         """Run the whole hierarchy and return the final explanation (see `explain_stream` for options)."""
@@ -146,6 +155,7 @@ class Explainer:
         instruction: str | None = None,
         target_stderr: float | None = None,
         max_new_tokens: int = 20,
+        speculative: bool = True,
         on_progress: Callable[[ProgressEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> Iterator:
@@ -155,7 +165,8 @@ class Explainer:
         the greedy answer to the full prompt (stopping at end-of-sequence or newline).
         Classification: `text` and `labels`; explains `target` or the predicted label.
         `budget` counts model evaluations per level; `placeholder` replaces removed
-        units instead of dropping them; `should_stop` is polled between batches.
+        units instead of dropping them; `speculative` verifies already-seen answers of
+        the `answers` value function in one pass; `should_stop` is polled between batches.
         """
         started = time.perf_counter()
         stats_before = self.scorer.stats.as_dict()
@@ -172,7 +183,7 @@ class Explainer:
         try:
             value, target_spec, answer_event = self._target(prompt, classification, tree, target, value, max_new_tokens)
             yield answer_event
-            value_fn = build_value_function(value, self.scorer, target_spec)
+            value_fn = build_value_function(value, self.scorer, replace(target_spec, speculative=bool(speculative)))
             request = RequestGame(lambda absent: prompt.render(tree, absent), value_fn, should_stop)
             top_units = frozenset(tree.expand(ROOT, "document"))
             full_value, empty_value = request.values([frozenset(), top_units])

@@ -17,8 +17,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from transformers import GenerationConfig
 
 from hierarchy.models import LoadedModel
+from hierarchy.speculative import AnswerTree, tree_masks, walk
 from hierarchy.subgames import Cancelled
 
 
@@ -32,6 +34,13 @@ class ScorerStats:
     """Prompt tokens not recomputed because their KV cache was shared with other rows."""
     forward_passes: int = 0
     decode_steps: int = 0
+    tree_checks: int = 0
+    """Coalitions whose greedy answer was looked up in the answer tree."""
+    tree_accepted: int = 0
+    """... of which the answer was found in the tree, with no decoding."""
+    draft_target_passes: int = 0
+    draft_tokens: int = 0
+    """Target-model passes and tokens produced while decoding with a draft model."""
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -46,6 +55,8 @@ class ModelScorer:
     max_batch_size: int = 32
     reuse_prefix: bool = True
     min_shared_prefix: int = 8
+    draft: LoadedModel | None = None
+    """A smaller model with the same tokenizer that proposes tokens when decoding is needed."""
     stats: ScorerStats = field(default_factory=ScorerStats)
     should_stop: Callable[[], bool] | None = None
     """Polled before every decoder layer, so a cancelled request stops mid-batch, not after it."""
@@ -62,7 +73,15 @@ class ModelScorer:
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         # Sliding-window layers mask by cache index, so pads between a shared prefix and a
         # row's own tokens would shift the window; decoding keeps real tokens contiguous instead.
-        self.sliding_window = getattr(self.model.config, "sliding_window", None) is not None
+        config = self.model.config
+        self.sliding_window = getattr(config, "sliding_window", None)
+        layer_types = getattr(config, "layer_types", None) or []
+        # Tree verification needs masks of our own; a model with sliding windows must accept one per layer type.
+        self.tree_capable = config._attn_implementation in ("sdpa", "eager") and (
+            self.sliding_window is None or "sliding_attention" in layer_types
+        )
+        if self.draft is not None and self.draft.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError("draft model: its tokenizer differs from the target model's; a draft must share the vocabulary")
         for module in self.model.modules():
             if type(module).__name__.endswith("DecoderLayer"):
                 module.register_forward_pre_hook(self._interrupt)
@@ -216,17 +235,85 @@ class ModelScorer:
 
     # ---- greedy decoding ----------------------------------------------------------
     @torch.inference_mode()
-    def greedy(self, prompts: Sequence[str], max_new_tokens: int = 20) -> list[list[int]]:
-        """Greedy answers (token ids, stop token excluded) for each prompt, decoded in batches with a KV cache."""
+    def greedy(self, prompts: Sequence[str], max_new_tokens: int = 20, tree: AnswerTree | None = None) -> list[list[int]]:
+        """Greedy answers (token ids, stop token excluded) for each prompt.
+
+        With an answer tree, answers already in it are verified in one pass per batch
+        and only the rest are decoded, from where they left the tree.
+        """
         encoded = [self.encode_prompt(p) for p in prompts]
         self.stats.evaluations += len(prompts)
-        answers: list[list[int]] = [[] for _ in prompts]
-        for batch in self._batches(encoded):
-            for index, tokens in zip(batch, self._greedy_batch([encoded[i] for i in batch], max_new_tokens)):
-                answers[index] = tokens
+        known: list[list[int]] = [[] for _ in prompts]
+        pending = list(range(len(prompts)))
+        if tree is not None and tree.size and self.tree_capable:
+            pending = []
+            for batch in self._batches(encoded):
+                for index, verdict in zip(batch, self._verify_batch([encoded[i] for i in batch], tree, max_new_tokens)):
+                    known[index] = verdict.prefix
+                    if verdict.answer is None:
+                        pending.append(index)
+                    else:
+                        self.stats.tree_accepted += 1
+            self.stats.tree_checks += len(prompts)
+        answers = list(known)
+        if self.draft is not None:
+            for index in pending:
+                answers[index] = known[index] + self._draft_decode(encoded[index] + known[index], max_new_tokens - len(known[index]))
+            return answers
+        rows = [encoded[i] + known[i] for i in pending]
+        for batch in self._batches(rows):
+            limits = [max_new_tokens - len(known[pending[b]]) for b in batch]
+            for b, tokens in zip(batch, self._greedy_batch([rows[b] for b in batch], limits)):
+                answers[pending[b]] = known[pending[b]] + tokens
         return answers
 
-    def _greedy_batch(self, rows: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    def _verify_batch(self, rows: Sequence[Sequence[int]], tree: AnswerTree, max_new_tokens: int):
+        """One forward pass of each prompt followed by the whole answer tree; the argmax walk gives each verdict."""
+        shared = 0 if self.sliding_window else self._shared_prefix(rows, keep=1)
+        cache = self._prefix_cache(rows, shared) if shared else None
+        width = max(len(row) - shared for row in rows)
+        ids = torch.full((len(rows), width + tree.size), self.pad_id, dtype=torch.long, device=self.device)
+        for r, row in enumerate(rows):
+            ids[r, : len(row) - shared] = torch.tensor(row[shared:], dtype=torch.long)
+        ids[:, width:] = torch.tensor(tree.tokens[1:], dtype=torch.long, device=self.device)
+        dtype = next(self.model.parameters()).dtype if next(self.model.parameters()).is_floating_point() else torch.float32
+        positions, full, sliding = tree_masks([len(r) for r in rows], shared, width, tree, self.sliding_window, dtype, self.device)
+        mask = {"full_attention": full, "sliding_attention": sliding} if sliding is not None else full
+        self.stats.forward_passes += 1
+        self.stats.forward_tokens += sum(len(row) - shared for row in rows) + tree.size * len(rows)
+        hidden = self.backbone(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
+        ).last_hidden_state
+        last = torch.tensor([len(row) - shared - 1 for row in rows], device=self.device)
+        index = torch.cat([last[:, None], width + torch.arange(tree.size, device=self.device).expand(len(rows), -1)], dim=1)
+        argmax = self._logits(hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))).argmax(-1).tolist()
+        return [walk(tree, row[0], row[1:], self.stop_ids, max_new_tokens) for row in argmax]
+
+    def _draft_decode(self, row: Sequence[int], max_new_tokens: int) -> list[int]:
+        """Greedy decoding of one row with transformers' assisted generation (the draft proposes, the target verifies)."""
+        if max_new_tokens <= 0:
+            return []
+        passes = [0]
+        hook = self.model.register_forward_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+        try:
+            config = GenerationConfig(
+                do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id
+            )
+            output = self.model.generate(
+                input_ids=torch.tensor([list(row)], device=self.device), assistant_model=self.draft.model, generation_config=config
+            )[0, len(row) :].tolist()
+        finally:
+            hook.remove()
+        tokens = []
+        for token in output:
+            if token in self.stop_ids:
+                break
+            tokens.append(token)
+        self.stats.draft_target_passes += passes[0]
+        self.stats.draft_tokens += len(output)
+        return tokens
+
+    def _greedy_batch(self, rows: Sequence[Sequence[int]], limits: Sequence[int]) -> list[list[int]]:
         shared = 0 if self.sliding_window else self._shared_prefix(rows, keep=1)
         cache = self._prefix_cache(rows, shared) if shared else None
         ids, mask = self._left_pad([row[shared:] for row in rows])
@@ -237,9 +324,9 @@ class ModelScorer:
         self.stats.forward_tokens += int(mask[:, shared:].sum())
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
         answers: list[list[int]] = [[] for _ in rows]
-        done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+        done = torch.tensor([limit <= 0 for limit in limits], dtype=torch.bool, device=self.device)
         next_position = positions[:, -1:] + 1
-        for _ in range(max_new_tokens):
+        for _ in range(max(limits)):
             token = out.logits[:, -1, :].argmax(dim=-1)
             for r, t in enumerate(token.tolist()):
                 if not done[r]:
@@ -247,7 +334,8 @@ class ModelScorer:
                         done[r] = True
                     else:
                         answers[r].append(t)
-            if all(done[r] or len(answers[r]) >= max_new_tokens for r in range(len(rows))):
+                        done[r] = len(answers[r]) >= limits[r]
+            if bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], dim=1)
             self.stats.decode_steps += 1

@@ -2,7 +2,8 @@
 
 No candidate list is needed in advance: every distinct answer decoded while sampling
 gets its own column, so each answer the context could produce gets its own
-attribution. Column 0 is the answer to the full prompt.
+attribution. Column 0 is the answer to the full prompt. Answers already decoded are
+kept in a prefix tree and verified in one forward pass (hierarchy.speculative).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from hierarchy.scorer import ModelScorer
+from hierarchy.speculative import AnswerTree
 from hierarchy.values.base import Target, register
 
 
@@ -24,6 +26,7 @@ class AnswerDistribution:
     def __init__(self, scorer: ModelScorer, target: Target) -> None:
         self.scorer = scorer
         self.max_new_tokens = target.max_new_tokens
+        self.tree = AnswerTree() if target.speculative else None
         self.columns: list[str] = []
         self._index: dict[str, int] = {}
         self.counts: list[int] = []
@@ -39,7 +42,11 @@ class AnswerDistribution:
         return self._index[key]
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
-        decoded = [self.scorer.decode(tokens) for tokens in self.scorer.greedy(prompts, self.max_new_tokens)]
+        answers = self.scorer.greedy(prompts, self.max_new_tokens, tree=self.tree)
+        if self.tree is not None:
+            for tokens in answers:
+                self.tree.add(tokens)
+        decoded = [self.scorer.decode(tokens) for tokens in answers]
         indices = [self._column(answer) for answer in decoded]
         out = np.zeros((len(prompts), len(self.columns)))
         for row, column in enumerate(indices):

@@ -31,6 +31,8 @@ class Target:
     labels: list[str] | None = None
     label_index: int | None = None
     max_new_tokens: int = 20
+    speculative: bool = True
+    """Verify already-seen answers in one pass instead of decoding them again."""
 
 
 ValueFactory = Callable[[ModelScorer, Target], ValueFunction]

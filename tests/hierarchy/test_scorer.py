@@ -108,10 +108,13 @@ def test_stats_count_evaluations_and_forwarded_tokens(loaded):
     lengths = [len(scorer.encode_prompt(p)) for p in PROMPTS]
     scorer.continuation_logprobs(PROMPTS, single)
     assert scorer.stats.evaluations == len(PROMPTS)
-    assert scorer.stats.forward_tokens == sum(lengths)  # one row per prompt, padding not counted
+    # One row per prompt; padding not counted; these prompts share no prefix worth caching.
+    assert scorer.stats.reused_tokens == 0
+    assert scorer.stats.forward_tokens == sum(lengths)
     scorer.continuation_logprobs(PROMPTS[:2], multi)
     assert scorer.stats.evaluations == len(PROMPTS) + 2
-    assert scorer.stats.forward_tokens == sum(lengths) + sum(lengths[p] + len(c) for p in range(2) for c in multi)
+    tokens = sum(lengths) + sum(lengths[p] + len(c) for p in range(2) for c in multi)
+    assert scorer.stats.forward_tokens + scorer.stats.reused_tokens == tokens
     assert scorer.stats.forward_passes >= 2 and scorer.stats.decode_steps == 0
     assert scorer.stats.as_dict()["evaluations"] == len(PROMPTS) + 2
 
@@ -184,3 +187,36 @@ def test_should_stop_cancels_before_a_decoder_layer(loaded):
     finally:
         scorer.should_stop = None
     assert scorer.continuation_logprobs(PROMPTS[:1], [[5]]).shape == (1, 1)
+
+
+# ---- coalitions of one request: long shared prefixes ------------------------------
+LONG_DOC = "Document (Title: Paris): Paris is the capital of France. It is on the Seine. Dr. Smith lives in the U.S. now."
+COALITIONS = [
+    "Answer the question using the documents.\n\n" + LONG_DOC + "\n\nQuestion: What is the capital of France?\nAnswer:",
+    "Answer the question using the documents.\n\n" + LONG_DOC.replace(" It is on the Seine.", "") + "\n\nQuestion: What is the capital of France?\nAnswer:",
+    "Answer the question using the documents.\n\n" + LONG_DOC.replace("Paris is the capital of France. ", "") + "\n\nQuestion: What is the capital of France?\nAnswer:",
+    "Answer the question using the documents.\n\nQuestion: What is the capital of France?\nAnswer:",
+]
+
+
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_shared_prefix_rows_match_reference(loaded, kind):
+    scorer = ModelScorer(loaded)
+    single, multi = continuations(scorer)
+    conts = single if kind == "single" else multi
+    values = scorer.continuation_logprobs(COALITIONS, conts)
+    reference = np.array([[reference_logprob(loaded, p, c) for c in conts] for p in COALITIONS])
+    np.testing.assert_allclose(values, reference, atol=1e-4, rtol=0)
+    rows = [scorer.encode_prompt(p) + (list(c) if kind == "multi" else []) for p in COALITIONS for c in (conts if kind == "multi" else [None])]
+    # Every non-pad token is either forwarded or read from a shared prefix cache, never dropped or double counted.
+    assert scorer.stats.forward_tokens + scorer.stats.reused_tokens == sum(len(r) for r in rows)
+    assert scorer.stats.reused_tokens > 0  # the shared instruction really was computed once
+    assert scorer.stats.forward_tokens < sum(len(r) for r in rows)
+    plain = ModelScorer(loaded, reuse_prefix=False)
+    np.testing.assert_allclose(plain.continuation_logprobs(COALITIONS, conts), values, atol=1e-4, rtol=0)
+
+
+def test_greedy_with_shared_prefixes_matches_generate(loaded):
+    scorer = ModelScorer(loaded)
+    expected = [reference_greedy(scorer, p, 6) for p in COALITIONS]
+    assert scorer.greedy(COALITIONS, max_new_tokens=6) == expected

@@ -97,9 +97,11 @@ class FakeScorer:
     def __init__(self, answers: dict[str, str]) -> None:
         self.answers = answers
         self.calls = []
+        self.trees = []
 
-    def greedy(self, prompts, max_new_tokens):
+    def greedy(self, prompts, max_new_tokens, tree=None):
         self.calls.append(max_new_tokens)
+        self.trees.append(tree)
         return [list(self.answers[p].encode()) for p in prompts]
 
     def decode(self, tokens):
@@ -118,6 +120,9 @@ def test_answers_one_hot_and_growing_columns():
     assert value.columns == ["Paris", "Berlin", "Rome"]
     assert value.counts == [3, 2, 1]
     assert scorer.calls == [7, 7]
+    assert scorer.trees[0] is scorer.trees[1] is value.tree  # one answer tree per request
+    # every decoded byte sequence is in the tree; " Paris." and "  Rome " share their first byte
+    assert value.tree.size == len(" Paris.") + len("Berlin") + len("  Rome ") - 1 + len("BERLIN!") + len("paris")
     assert AnswerDistribution.name == "answers"
 
 

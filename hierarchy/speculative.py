@@ -1,0 +1,122 @@
+"""Verifying already-seen answers in one forward pass (TextGenSHAP's speculative decoding).
+
+Across the coalitions of one request the model gives few distinct answers. Every
+answer decoded so far (with the stop token that ended it) is kept in a prefix tree.
+Under a new coalition the prompt and the whole tree go through the model once, with
+a tree-shaped attention mask: each tree token sees the prompt and its own ancestors.
+Following the argmax from the root down the tree either ends on a stop token inside
+the tree, and the greedy answer is known without decoding, or leaves the tree at some
+node, and greedy decoding continues from there (optionally with a draft model).
+The masks are built from positions, so sliding-window layers see exactly the tokens
+they would see in plain decoding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class AnswerTree:
+    """A prefix tree of token sequences; node 0 is the root (the end of the prompt)."""
+
+    tokens: list[int] = field(default_factory=lambda: [-1])
+    parents: list[int] = field(default_factory=lambda: [-1])
+    depths: list[int] = field(default_factory=lambda: [0])
+    children: list[dict[int, int]] = field(default_factory=lambda: [{}])
+
+    def add(self, sequence: Sequence[int]) -> None:
+        node = 0
+        for token in sequence:
+            if token not in self.children[node]:
+                self.children[node][token] = len(self.tokens)
+                self.tokens.append(token)
+                self.parents.append(node)
+                self.depths.append(self.depths[node] + 1)
+                self.children.append({})
+            node = self.children[node][token]
+
+    @property
+    def size(self) -> int:
+        """Number of token nodes (the root excluded)."""
+        return len(self.tokens) - 1
+
+    def path(self, node: int) -> list[int]:
+        tokens = []
+        while node > 0:
+            tokens.append(self.tokens[node])
+            node = self.parents[node]
+        return tokens[::-1]
+
+    def ancestry(self) -> torch.Tensor:
+        """visible[i, j]: token node j+1 is node i+1 itself or one of its ancestors."""
+        n = self.size
+        visible = torch.zeros((n, n), dtype=torch.bool)
+        for node in range(1, n + 1):
+            walker = node
+            while walker > 0:
+                visible[node - 1, walker - 1] = True
+                walker = self.parents[walker]
+        return visible
+
+
+@dataclass
+class Verdict:
+    """Outcome of walking the tree for one row: an accepted answer or where it diverged."""
+
+    answer: list[int] | None
+    prefix: list[int]
+    """Tokens known to be the greedy continuation (the tree path plus the divergent token)."""
+
+
+def walk(tree: AnswerTree, root_argmax: int, node_argmax: Sequence[int], stop_ids: set[int], max_new_tokens: int) -> Verdict:
+    """Follow the model's argmax from the root; `node_argmax[i]` is its argmax after token node i+1."""
+    node, token = 0, root_argmax
+    while True:
+        path = tree.path(node)
+        if token in stop_ids:
+            return Verdict(answer=path, prefix=path)
+        if len(path) == max_new_tokens:
+            return Verdict(answer=path, prefix=path)
+        child = tree.children[node].get(token)
+        if child is None:
+            return Verdict(answer=None, prefix=path + [token])
+        node, token = child, node_argmax[child - 1]
+
+
+def tree_masks(
+    prompt_lengths: Sequence[int], shared: int, width: int, tree: AnswerTree, window: int | None, dtype: torch.dtype, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Position ids and additive attention masks (full, sliding) for rows laid out as
+    [shared prefix (cached)] [own prompt suffix, right-padded to `width`] [tree tokens]."""
+    rows, n_tree = len(prompt_lengths), tree.size
+    queries = width + n_tree
+    depths = torch.tensor(tree.depths[1:], device=device)
+    positions = torch.zeros((rows, queries), dtype=torch.long, device=device)
+    allowed = torch.zeros((rows, queries, shared + queries), dtype=torch.bool, device=device)
+    key_positions = torch.zeros((rows, shared + queries), dtype=torch.long, device=device)
+    ancestry = tree.ancestry().to(device)
+    for r, length in enumerate(prompt_lengths):
+        own = length - shared
+        suffix_positions = torch.arange(shared, length, device=device)
+        tree_positions = length + depths - 1
+        positions[r, :own] = suffix_positions
+        positions[r, own:width] = length  # pads: masked out as keys, ignored as queries
+        positions[r, width:] = tree_positions
+        key_positions[r, :shared] = torch.arange(shared, device=device)
+        key_positions[r, shared:] = positions[r]
+        causal = torch.arange(own, device=device)
+        allowed[r, :own, :shared] = True
+        allowed[r, :own, shared : shared + own] = causal[None, :] <= causal[:, None]
+        allowed[r, width:, : shared + own] = True
+        allowed[r, width:, shared + width :] = ancestry
+    first_key = torch.arange(shared + queries, device=device) == 0
+
+    def additive(mask: torch.Tensor) -> torch.Tensor:
+        mask = mask | (~mask.any(-1, keepdim=True) & first_key)  # pad queries see one key: softmax stays finite
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)[:, None]
+
+    near = (positions[:, :, None] - key_positions[:, None, :]) < window if window is not None else None
+    return positions, additive(allowed), additive(allowed & near) if near is not None else None

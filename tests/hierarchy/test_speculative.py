@@ -1,0 +1,111 @@
+"""Answer-tree verification and draft decoding must give exactly the plain greedy answers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hierarchy.models import load_model
+from hierarchy.scorer import ModelScorer
+from hierarchy.speculative import AnswerTree, tree_masks, walk
+from tiny_models import build_tiny_model_dir
+
+WORDS = (
+    "Answer the question using the documents. Document (Title: Paris): Paris is the capital of France. It is on the "
+    "Seine. Document (Title: Berlin): Berlin is the capital of Germany. The quick brown fox jumps over the lazy dog 1998."
+).split()
+
+
+def coalition_prompts(count: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    prompts = []
+    for _ in range(count):
+        keep = rng.random(len(WORDS)) > 0.15
+        keep[:6] = True
+        prompts.append(" ".join(w for w, k in zip(WORDS, keep) if k) + " Question: What is the capital of France?\nAnswer:")
+    return prompts
+
+
+def decode_with_tree(scorer: ModelScorer, prompts: list[str], max_new_tokens: int, chunk: int = 8) -> list[list[int]]:
+    tree, answers = AnswerTree(), []
+    for start in range(0, len(prompts), chunk):
+        batch = scorer.greedy(prompts[start : start + chunk], max_new_tokens, tree=tree)
+        for tokens in batch:
+            tree.add(tokens)
+        answers += batch
+    return answers
+
+
+def test_tree_structure():
+    tree = AnswerTree()
+    tree.add([5, 6, 7])
+    tree.add([5, 6, 8])
+    tree.add([9])
+    tree.add([5, 6])
+    assert tree.size == 5
+    assert tree.path(3) == [5, 6, 7] and tree.depths[4] == 3
+    visible = tree.ancestry()
+    assert visible[2].tolist() == [True, True, True, False, False]  # node 3 sees 1, 2, itself
+    assert visible[4].tolist() == [False, False, False, False, True]  # node 5 ([9]) sees only itself
+
+
+def test_walk_accepts_inside_the_tree_and_reports_divergence():
+    tree = AnswerTree()
+    tree.add([5, 6, 7])
+    stop = {0}
+    # argmax after each node (1: 5, 2: 6, 3: 7)
+    assert walk(tree, 5, [6, 7, 0], stop, 20).answer == [5, 6, 7]
+    assert walk(tree, 5, [6, 0, 0], stop, 20).answer == [5, 6]
+    diverged = walk(tree, 5, [9, 0, 0], stop, 20)
+    assert diverged.answer is None and diverged.prefix == [5, 9]
+    assert walk(tree, 5, [6, 7, 4], stop, 3).answer == [5, 6, 7]  # the length cap ends an answer too
+
+
+def test_masks_let_tree_tokens_see_only_the_prompt_and_their_ancestors():
+    tree = AnswerTree()
+    tree.add([5, 6])
+    tree.add([7])
+    positions, full, sliding = tree_masks([4, 2], 0, 4, tree, window=3, dtype=torch.float32, device="cpu")
+    allowed = full[:, 0] == 0
+    assert positions[1].tolist() == [0, 1, 2, 2, 2, 3, 2]
+    assert allowed[1, 4].tolist() == [True, True, False, False, True, False, False]  # node [5]: prompt + itself
+    assert allowed[1, 5].tolist() == [True, True, False, False, True, True, False]  # node [5, 6]
+    assert allowed[1, 6].tolist() == [True, True, False, False, False, False, True]  # node [7]
+    near = sliding[:, 0] == 0
+    assert near[0, 5].tolist() == [False, False, False, True, True, True, False]  # position 5 sees positions 3..5
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+@pytest.mark.parametrize("seed", [0, 5])
+def test_tree_verification_equals_plain_greedy(tmp_path, architecture, seed):
+    scorer = ModelScorer(load_model(str(build_tiny_model_dir(tmp_path, architecture, seed=seed))))
+    prompts = coalition_prompts(32)
+    plain = scorer.greedy(prompts, 6)
+    scorer.stats.__init__()
+    assert decode_with_tree(scorer, prompts, 6) == plain
+    assert scorer.stats.tree_checks == 24 and scorer.stats.tree_accepted > 0
+
+
+def test_draft_model_decoding_equals_plain_greedy(tmp_path):
+    target = load_model(str(build_tiny_model_dir(tmp_path / "target", "llama", seed=5)))
+    draft = load_model(str(build_tiny_model_dir(tmp_path / "draft", "llama", seed=6)))
+    prompts = coalition_prompts(10, seed=1)
+    plain = ModelScorer(target).greedy(prompts, 6)
+    assisted = ModelScorer(target, draft=draft)
+    assert decode_with_tree(assisted, prompts, 6, chunk=4) == plain
+    assert assisted.stats.draft_target_passes > 0
+
+
+def test_explainer_answers_are_the_same_with_and_without_speculation(tiny_explainer):
+    request = dict(
+        question="What is the capital of France?",
+        documents=[{"title": "Paris", "text": "Paris is the capital of France. It is on the Seine."},
+                   {"title": "Fox", "text": "The quick brown fox jumps over the lazy dog 1998."}],
+        value="answers", max_new_tokens=4, levels=("document", "sentence", "word"), thresholds=0.0, budget=40,
+    )
+    with_tree = tiny_explainer.explain(**request, speculative=True)
+    without = tiny_explainer.explain(**request, speculative=False)
+    assert with_tree.answers == without.answers
+    values = lambda r: [f.values_by_answer for level in r.levels for f in level.features]  # noqa: E731
+    assert values(with_tree) == values(without)
+    assert with_tree.stats["tree_checks"] > 0 and without.stats["tree_checks"] == 0
