@@ -12,6 +12,7 @@ The result is the same computation (up to float noise), with far fewer tokens.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -21,6 +22,8 @@ from transformers import GenerationConfig
 
 from hierarchy.models import LoadedModel
 from hierarchy.speculative import AnswerTree, tree_masks, walk
+
+log = logging.getLogger(__name__)
 from hierarchy.subgames import Cancelled
 
 
@@ -135,6 +138,30 @@ class ModelScorer:
             batches.append(current)
         return batches
 
+    def _map_batches(self, rows: Sequence[Sequence[int]], run: Callable[[list[int]], Sequence]) -> list:
+        """Run `run(batch)` over all batches and return one result per row, in row order.
+
+        A batch that runs out of accelerator memory is split in two and retried, and the
+        token budget is halved for later batches, so big inputs slow down instead of failing.
+        """
+        results: list = [None] * len(rows)
+        queue = self._batches(rows)
+        while queue:
+            batch = queue.pop(0)
+            try:
+                for index, result in zip(batch, run(batch)):
+                    results[index] = result
+            except torch.OutOfMemoryError:
+                if len(batch) == 1:
+                    raise
+                self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+                log.warning("out of memory on a batch of %d rows; retrying in halves (max_batch_tokens=%d)", len(batch), self.max_batch_tokens)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                half = len(batch) // 2
+                queue[:0] = [batch[:half], batch[half:]]
+        return results
+
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -187,22 +214,23 @@ class ModelScorer:
         if all(len(c) == 1 for c in continuations):
             label_ids = torch.tensor([c[0] for c in continuations], device=self.device)
             out = np.zeros((len(prompts), len(continuations)))
-            for batch in self._batches(encoded):
-                logprobs = self._last_logprobs([encoded[i] for i in batch], keep=1)[:, 0, :]
-                out[batch] = logprobs[:, label_ids].double().cpu().numpy()
-            return out
+            per_row = self._map_batches(
+                encoded, lambda batch: self._last_logprobs([encoded[i] for i in batch], keep=1)[:, 0, label_ids].double().cpu().numpy()
+            )
+            return np.vstack(per_row)
         rows = [(p, c) for p in range(len(prompts)) for c in range(len(continuations))]
         sequences = [encoded[p] + list(continuations[c]) for p, c in rows]
-        out = np.zeros((len(prompts), len(continuations)))
-        for batch in self._batches(sequences):
+        def score(batch: list[int]) -> list[float]:
             keep = max(len(continuations[rows[i][1]]) for i in batch) + 1
             logprobs = self._last_logprobs([sequences[i] for i in batch], keep=keep)
+            scores = []
             for j, index in enumerate(batch):
-                p, c = rows[index]
-                target = torch.tensor(continuations[c], device=self.device)
+                target = torch.tensor(continuations[rows[index][1]], device=self.device)
                 span = logprobs[j, keep - 1 - len(target) : keep - 1, :]
-                out[p, c] = span.gather(1, target[:, None]).sum().item()
-        return out
+                scores.append(span.gather(1, target[:, None]).sum().item())
+            return scores
+
+        return np.array(self._map_batches(sequences, score)).reshape(len(prompts), len(continuations))
 
     def _last_logprobs(self, rows: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
         """Log-softmax over the vocabulary at the last `keep` positions of each row: (rows, keep, vocab).
@@ -246,25 +274,21 @@ class ModelScorer:
         known: list[list[int]] = [[] for _ in prompts]
         pending = list(range(len(prompts)))
         if tree is not None and tree.size and self.tree_capable:
-            pending = []
-            for batch in self._batches(encoded):
-                for index, verdict in zip(batch, self._verify_batch([encoded[i] for i in batch], tree, max_new_tokens)):
-                    known[index] = verdict.prefix
-                    if verdict.answer is None:
-                        pending.append(index)
-                    else:
-                        self.stats.tree_accepted += 1
+            verdicts = self._map_batches(encoded, lambda batch: self._verify_batch([encoded[i] for i in batch], tree, max_new_tokens))
+            known = [verdict.prefix for verdict in verdicts]
+            pending = [index for index, verdict in enumerate(verdicts) if verdict.answer is None]
             self.stats.tree_checks += len(prompts)
+            self.stats.tree_accepted += len(prompts) - len(pending)
         answers = list(known)
         if self.draft is not None:
             for index in pending:
                 answers[index] = known[index] + self._draft_decode(encoded[index] + known[index], max_new_tokens - len(known[index]))
             return answers
         rows = [encoded[i] + known[i] for i in pending]
-        for batch in self._batches(rows):
-            limits = [max_new_tokens - len(known[pending[b]]) for b in batch]
-            for b, tokens in zip(batch, self._greedy_batch([rows[b] for b in batch], limits)):
-                answers[pending[b]] = known[pending[b]] + tokens
+        limits = [max_new_tokens - len(known[i]) for i in pending]
+        decoded = self._map_batches(rows, lambda batch: self._greedy_batch([rows[b] for b in batch], [limits[b] for b in batch]))
+        for index, tokens in zip(pending, decoded):
+            answers[index] = known[index] + tokens
         return answers
 
     def _verify_batch(self, rows: Sequence[Sequence[int]], tree: AnswerTree, max_new_tokens: int):
