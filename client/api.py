@@ -17,6 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client.wire import SERVICE_NAME, pb, pb_grpc
 
 LEVEL_NAMES = ("document", "sentence", "word", "token")
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+"""Word-level events of long documents can pass gRPC's default 4 MiB limit."""
 
 
 class LongShapError(Exception):
@@ -86,9 +88,9 @@ class LongShapClient:
 
     def __init__(self, address: str, token: str | None = None, tls_ca: bytes | None = None, timeout: float | None = None) -> None:
         if tls_ca is not None:
-            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=tls_ca))
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=tls_ca), CHANNEL_OPTIONS)
         else:
-            self.channel = grpc.insecure_channel(address)
+            self.channel = grpc.insecure_channel(address, CHANNEL_OPTIONS)
         self.stub = pb_grpc.ExplainerStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
@@ -107,9 +109,9 @@ class LongShapClient:
         finally:
             call.cancel()
 
-    def rerank(self, timeout: float | None = None, **request) -> pb.RerankResponse:
-        """Rank candidate answers by document support, then the documents for the best one."""
-        return self._unary(self.stub.Rerank, rerank_request(**request), timeout)
+    def rerank(self, request: pb.RerankRequest | None = None, timeout: float | None = None, **fields) -> pb.RerankResponse:
+        """Rank candidate answers by document support, then the documents for the best one (see `rerank_request`)."""
+        return self._unary(self.stub.Rerank, request or rerank_request(**fields), timeout)
 
     def list_models(self, timeout: float | None = None) -> pb.ListModelsResponse:
         return self._unary(self.stub.ListModels, pb.ListModelsRequest(), timeout)

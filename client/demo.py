@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -72,15 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_serving(address)
         print(f"server SERVING on {address} after {time.perf_counter() - started:.1f} s", flush=True)
-        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", encoding="utf-8", delete=False) as docs:
-            docs.writelines(json.dumps(doc, ensure_ascii=False) + "\n" for doc in prompt.documents)
-        command = [
-            sys.executable, "-m", "client.cli", "explain", "--server", address, "--question", prompt.question,
-            "--docs-jsonl", docs.name, "--budget", str(args.budget), "--seed", "0", "--html", str(args.html),
-        ]
-        result = subprocess.run(command, cwd=ROOT)
-        os.unlink(docs.name)
-        return result.returncode
+        with tempfile.TemporaryDirectory() as folder:
+            docs = Path(folder) / "docs.jsonl"
+            docs.write_text("".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in prompt.documents), encoding="utf-8")
+            command = [
+                sys.executable, "-m", "client.cli", "explain", "--server", address, "--question", prompt.question,
+                "--docs-jsonl", str(docs), "--budget", str(args.budget), "--seed", "0", "--html", str(args.html),
+            ]
+            return subprocess.run(command, cwd=ROOT).returncode
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)

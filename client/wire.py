@@ -1,11 +1,12 @@
 """The wire format shared by server and client: generated messages and conversions.
 
 Engine events become `ExplainEvent` messages on the server (and in `--local` mode),
-and a client turns a stream of them back into the engine's JSON schema, so both
-paths render through one code path.
+so both paths render through one code path; the final event carries the engine's
+own JSON, so clients get exactly its schema.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -20,9 +21,9 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
     raise ImportError(f"the generated gRPC code is missing from {GENERATED}: run make install (or python proto/build.py)") from error
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
-STAT_FIELDS = ("evaluations", "coalitions", "forward_tokens", "forward_passes", "decode_steps", "wall_seconds")
+STAT_FIELDS = ("evaluations", "coalitions", "forward_tokens", "reused_tokens", "forward_passes", "decode_steps", "wall_seconds")
 
-__all__ = ["SERVICE_NAME", "ExplanationBuilder", "collect", "event_to_proto", "feature_to_dict", "pb", "pb_grpc", "summary_proto"]
+__all__ = ["SERVICE_NAME", "collect", "event_to_proto", "pb", "pb_grpc", "summary_proto"]
 
 
 def _feature_to_proto(feature: Any) -> pb.Feature:
@@ -36,9 +37,7 @@ def _feature_to_proto(feature: Any) -> pb.Feature:
 def summary_proto(stats: Mapping[str, float]) -> pb.Summary:
     """The engine's stats dict as a Summary (typed fields for the known ones, all of them in `stats`)."""
     known = {name: stats[name] for name in STAT_FIELDS if name in stats}
-    return pb.Summary(
-        **known, cache_hits=stats.get("cache_hits"), stats={k: float(v) for k, v in stats.items()},
-    )
+    return pb.Summary(**known, stats={k: float(v) for k, v in stats.items()})
 
 
 def event_to_proto(event: Any, request_id: str = "") -> pb.ExplainEvent:
@@ -60,6 +59,7 @@ def event_to_proto(event: Any, request_id: str = "") -> pb.ExplainEvent:
             level=level.level, features=[_feature_to_proto(f) for f in level.features], evaluations=level.evaluations,
             threshold=level.threshold, method=level.method, wall_seconds=level.wall_seconds,
             expanded=[f.id for f in level.features if f.expanded],
+            forward_tokens=getattr(level, "forward_tokens", 0), reused_tokens=getattr(level, "reused_tokens", 0),
         )))
     if event.kind == "done":
         result = event.explanation
@@ -68,63 +68,14 @@ def event_to_proto(event: Any, request_id: str = "") -> pb.ExplainEvent:
             full_value=result.full_value, empty_value=result.empty_value, label_probabilities=result.label_probabilities or {},
             answers=[pb.AnswerShare(answer=a["answer"], share=a["share"]) for a in result.answers or []],
             summary=summary_proto(result.stats), request_id=request_id,
+            explanation_json=json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=True),
         ))
     raise TypeError(f"unknown engine event {event!r}")
 
 
-def feature_to_dict(feature: pb.Feature) -> dict:
-    """A Feature message as the engine's JSON feature."""
-    return {
-        "id": feature.id, "parent": feature.parent, "text": feature.text, "start": feature.start, "end": feature.end,
-        "value": feature.value, "stderr": feature.stderr, "expanded": feature.expanded, "doc": feature.doc, "title": feature.title,
-        "token_start": feature.token_start if feature.HasField("token_start") else None,
-        "token_end": feature.token_end if feature.HasField("token_end") else None,
-        "values_by_answer": dict(feature.values_by_answer) or None,
-    }
-
-
-def _stats_dict(summary: pb.Summary) -> dict:
-    stats = {name: value for name, value in summary.stats.items()}
-    for name in STAT_FIELDS:
-        stats[name] = getattr(summary, name)
-    if summary.HasField("cache_hits"):
-        stats["cache_hits"] = summary.cache_hits
-    return stats
-
-
-class ExplanationBuilder:
-    """Collects a stream of ExplainEvent messages into the engine's Explanation JSON (`to_dict()` schema)."""
-
-    def __init__(self) -> None:
-        self.levels: list[dict] = []
-        self.done: pb.DoneEvent | None = None
-
-    def add(self, event: pb.ExplainEvent) -> None:
-        kind = event.WhichOneof("event")
-        if kind == "level":
-            level = event.level.level
-            self.levels.append({
-                "level": level.level, "features": [feature_to_dict(f) for f in level.features], "evaluations": level.evaluations,
-                "threshold": level.threshold, "method": level.method, "wall_seconds": level.wall_seconds,
-            })
-        elif kind == "done":
-            self.done = event.done
-
-    def result(self) -> dict:
-        if self.done is None:
-            raise RuntimeError("the explanation stream ended without its final event")
-        done = self.done
-        return {
-            "answer": done.answer, "levels": self.levels, "stats": _stats_dict(done.summary), "value_function": done.value_function,
-            "mode": done.mode, "total_effect": done.total_effect, "full_value": done.full_value, "empty_value": done.empty_value,
-            "label_probabilities": dict(done.label_probabilities) or None,
-            "answers": [{"answer": a.answer, "share": a.share} for a in done.answers] or None, "extras": {},
-        }
-
-
 def collect(events: Iterable[pb.ExplainEvent]) -> dict:
-    """The Explanation JSON of a whole event stream."""
-    builder = ExplanationBuilder()
+    """The engine's Explanation JSON from a whole event stream (its final event)."""
     for event in events:
-        builder.add(event)
-    return builder.result()
+        if event.HasField("done"):
+            return json.loads(event.done.explanation_json)
+    raise RuntimeError("the explanation stream ended without its final event")

@@ -13,33 +13,23 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from client.wire import SERVICE_NAME, pb, pb_grpc
+from client.wire import SERVICE_NAME, pb_grpc
 from server import logs
 from server.auth import BearerTokenInterceptor
-from server.service import ExplainerService
-from server.validation import Limits
+from server.config import DEFAULT_MODEL, Limits, ServerConfig, parse_model_spec
+
+if TYPE_CHECKING:
+    from server.service import ExplainerService
 
 log = logging.getLogger("longshap.server")
-DEFAULT_MODEL = "gemma-3-270m"  # hierarchy.models.DEFAULT_MODEL, without importing torch for --help
-
-
-@dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    limits: Limits = field(default_factory=Limits)
-    token: str | None = None
-    tls_cert: bytes | None = None
-    tls_key: bytes | None = None
-    grace_seconds: float = 10.0
 
 
 @dataclass
@@ -54,19 +44,6 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.service.worker.shutdown()
-
-
-def parse_model_spec(spec: str) -> tuple[str, str | None]:
-    """`NAME=PATH`, a plain PATH (named after its directory) or the default model's name -> (name, path)."""
-    if "=" in spec:
-        name, path = spec.split("=", 1)
-    elif spec == DEFAULT_MODEL:
-        return DEFAULT_MODEL, None
-    else:
-        name, path = Path(spec).expanduser().resolve().name, spec
-    if not name or any(sep in name for sep in "/\\") or name.startswith((".", "~")):
-        raise ValueError(f"--model {spec!r}: the name must be non-empty and not a path")
-    return name, path or None
 
 
 def load_explainers(specs: Sequence[str]) -> dict:
@@ -85,6 +62,8 @@ def load_explainers(specs: Sequence[str]) -> dict:
 
 async def start_server(config: ServerConfig, explainers: Mapping) -> RunningServer:
     """Start serving `explainers` (name -> Explainer; the first is the default) and return the bound server."""
+    from server.service import ExplainerService  # imports the engine (torch): only when serving
+
     if not explainers:
         raise ValueError("at least one model must be served")
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []

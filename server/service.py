@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -14,8 +15,9 @@ import grpc
 from client.wire import event_to_proto, pb, pb_grpc
 from hierarchy import Explainer
 from hierarchy.subgames import Cancelled
+from server.config import Limits
 from server.rerank import rerank
-from server.validation import Limits, RequestError, explain_arguments, rerank_arguments, resolve_model
+from server.validation import RequestError, explain_arguments, rerank_arguments, resolve_model
 from server.worker import QueueFull, Worker
 
 log = logging.getLogger("longshap.request")
@@ -48,6 +50,7 @@ class RequestLog:
 
 
 def _describe(record: RequestLog, prompt: pb.QAPrompt | pb.ClassificationPrompt | None, budget: int | None) -> None:
+    """Request sizes for the log, taken before validation so that refused requests are described too."""
     if isinstance(prompt, pb.QAPrompt):
         record.documents = len(prompt.documents)
         record.characters = len(prompt.question) + sum(len(d.text) for d in prompt.documents)
@@ -76,7 +79,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         record = RequestLog("Explain")
         kind = request.WhichOneof("prompt")
         _describe(record, getattr(request, kind) if kind else None, request.budget if request.HasField("budget") else None)
-        try:
+        async with self._outcome(context, record):
             record.model = resolve_model(request.model, self.explainers, self.default)
             arguments = explain_arguments(request, self.limits)
             explainer = self.explainers[record.model]
@@ -89,31 +92,29 @@ class ExplainerService(pb_grpc.ExplainerServicer):
                 if event.kind == "done":
                     record.evaluations = event.explanation.stats.get("evaluations", 0)
                 yield event_to_proto(event, record.id)
-        except RequestError as error:
-            await self._abort(context, record, error)
-        finally:
-            record.emit()
 
     async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
         record = RequestLog("Rerank")
         _describe(record, request.prompt if request.HasField("prompt") else None, request.budget if request.HasField("budget") else None)
-        try:
+        async with self._outcome(context, record):
             record.model = resolve_model(request.model, self.explainers, self.default)
             arguments, candidates = rerank_arguments(request, self.limits)
             explainer = self.explainers[record.model]
-            async for response in self._run(lambda emit, stop: emit(rerank(explainer, arguments, candidates, stop)), context, record):
-                record.evaluations = response.summary.evaluations
-                return response
-            raise RequestError(grpc.StatusCode.INTERNAL, "rerank ended without a result")
-        except RequestError as error:
-            await self._abort(context, record, error)
-        finally:
-            record.emit()
+            (response,) = [r async for r in self._run(lambda emit, stop: emit(rerank(explainer, arguments, candidates, stop)), context, record)]
+            record.evaluations = response.summary.evaluations
+            return response
 
     @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext, record: RequestLog, error: RequestError) -> None:
-        record.outcome = error.code.name
-        await context.abort(error.code, error.message)
+    @contextlib.asynccontextmanager
+    async def _outcome(context: grpc.aio.ServicerContext, record: RequestLog):
+        """Answer a refused or failed request with its status, and log every request once."""
+        try:
+            yield
+        except RequestError as error:
+            record.outcome = error.code.name
+            await context.abort(error.code, error.message)
+        finally:
+            record.emit()
 
     async def _run(self, job: Callable, context: grpc.aio.ServicerContext, record: RequestLog) -> AsyncIterator:
         """Run `job(emit, should_stop)` on the worker and yield what it emits, as it emits it.

@@ -7,7 +7,6 @@ proto defaults, NaN and other values the engine would only meet once queued.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Mapping
 
 import grpc
@@ -17,6 +16,7 @@ from hierarchy.estimators import ESTIMATORS
 from hierarchy.segmentation import LEVELS
 from hierarchy.subgames import MODES
 from hierarchy.values import VALUE_FUNCTIONS
+from server.config import Limits
 
 MAX_NEW_TOKENS = 512
 
@@ -32,20 +32,6 @@ class RequestError(Exception):
 
 def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Operator limits on one request, reported by ListModels."""
-
-    max_documents: int = 64
-    max_characters: int = 200_000
-    max_budget: int = 10_000
-    max_candidates: int = 16
-    queue_size: int = 4
-
-    def to_proto(self) -> pb.Limits:
-        return pb.Limits(**self.__dict__)
 
 
 def resolve_model(name: str, served: Mapping[str, object], default: str) -> str:

@@ -1,0 +1,169 @@
+"""Views of an explanation (the engine's JSON schema): shaded terminal text and a self-contained HTML page.
+
+Both draw each document's text with its units shaded by value: green where a unit
+raises the explained answer's value, red where it lowers it, each level scaled by its
+largest |value|. Units nest (documents -> sentences -> words), and the finest
+explained unit sets the colour.
+"""
+from __future__ import annotations
+
+import html
+from typing import Callable, Sequence
+
+POSITIVE = (22, 163, 74)
+NEGATIVE = (220, 38, 38)
+
+
+def _children(features: Sequence[dict]) -> dict[str, list[dict]]:
+    by_parent: dict[str, list[dict]] = {}
+    for feature in features:
+        by_parent.setdefault(feature["parent"], []).append(feature)
+    for group in by_parent.values():
+        group.sort(key=lambda f: f["start"])
+    return by_parent
+
+
+def _scales(explanation: dict) -> dict[str, float]:
+    """Largest |value| per level, so shading means the same within a level."""
+    return {level["level"]: max((abs(f["value"]) for f in level["features"]), default=0.0) or 1.0 for level in explanation["levels"]}
+
+
+def _level_of(explanation: dict) -> dict[str, str]:
+    return {f["id"]: level["level"] for level in explanation["levels"] for f in level["features"]}
+
+
+def shade(value: float, scale: float) -> tuple[tuple[int, int, int], float]:
+    """(colour, opacity in 0..1) for a value."""
+    return (POSITIVE if value >= 0 else NEGATIVE), min(abs(value) / scale, 1.0) if scale else 0.0
+
+
+def _walk(text: str, parent_id: str, start: int, end: int, by_parent: dict, wrap: Callable[[dict, str], str], plain: Callable[[str], str]) -> str:
+    """Render text[start:end], wrapping every child unit of `parent_id` (recursively) with `wrap`."""
+    pieces, cursor = [], start
+    for child in by_parent.get(parent_id, []):
+        if child["start"] < cursor or child["end"] > end:
+            continue
+        pieces.append(plain(text[cursor:child["start"]]))
+        pieces.append(wrap(child, _walk(text, child["id"], child["start"], child["end"], by_parent, wrap, plain)))
+        cursor = child["end"]
+    pieces.append(plain(text[cursor:end]))
+    return "".join(pieces)
+
+
+def ranked_documents(explanation: dict, documents: Sequence[dict]) -> list[tuple[int, dict | None]]:
+    """Document indices with their document-level feature, most supporting first (prompt order without one)."""
+    by_doc = {f["doc"]: f for level in explanation["levels"] if level["level"] == "document" for f in level["features"]}
+    order = sorted(range(len(documents)), key=lambda i: -by_doc[i]["value"] if i in by_doc else i)
+    return [(i, by_doc.get(i)) for i in order]
+
+
+def _document_body(explanation: dict, documents: Sequence[dict], index: int, wrap, plain) -> str:
+    text = documents[index]["text"]
+    by_parent = _children([f for level in explanation["levels"] for f in level["features"] if f["doc"] == index])
+    # The top units hang from the root, or from the document's id when there is no document level.
+    top = "root" if "root" in by_parent else f"d{index}"
+    return _walk(text, top, 0, len(text), by_parent, wrap, plain)
+
+
+def _label(feature: dict) -> str:
+    return f"{feature['id']}: {feature['value']:+.4f} ± {feature['stderr']:.4f}"
+
+
+# ---- terminal -------------------------------------------------------------------------------------------
+
+
+def _ansi(colour: tuple[int, int, int], alpha: float, text: str) -> str:
+    if alpha < 0.05:
+        return text
+    r, g, b = (round(255 - (255 - c) * alpha * 0.85) for c in colour)
+    return f"\x1b[48;2;{r};{g};{b}m\x1b[30m{text}\x1b[0m"
+
+
+def terminal_level(level, colour: bool, top: int = 8) -> str:
+    """One finished level (a longshap.v1.Level message): its most important units with values, shaded."""
+    scale = max((abs(f.value) for f in level.features), default=0.0) or 1.0
+    lines = [
+        f"== {level.level} level: {len(level.features)} units, {level.evaluations} evaluations, "
+        f"{level.forward_tokens} forwarded + {level.reused_tokens} reused tokens, {level.wall_seconds:.1f} s"
+    ]
+    for feature in sorted(level.features, key=lambda f: -abs(f.value))[:top]:
+        text = " ".join(feature.text.split())
+        text = text if len(text) <= 70 else text[:69] + "…"
+        if level.level == "document" and feature.title:
+            text = f"[{feature.title}] {text}"
+        if colour:
+            text = _ansi(*shade(feature.value, scale), text)
+        mark = "▶" if feature.expanded else " "
+        lines.append(f"  {mark} {feature.id:<10} {feature.value:+9.4f} ± {feature.stderr:.4f}  {text}")
+    return "\n".join(lines)
+
+
+def terminal_view(explanation: dict, documents: Sequence[dict], colour: bool) -> str:
+    """Documents ranked, each with its sentences and words shaded in place."""
+    scales, levels = _scales(explanation), _level_of(explanation)
+
+    def wrap(feature: dict, inner: str) -> str:
+        if not colour or "\x1b" in inner:  # a finer unit already carries the colour
+            return inner
+        return _ansi(*shade(feature["value"], scales[levels[feature["id"]]]), inner)
+
+    lines = [f"answer: {explanation['answer']!r}  (value {explanation['value_function']}, total effect {explanation['total_effect']:+.4f})"]
+    for index, feature in ranked_documents(explanation, documents):
+        title = documents[index].get("title") or f"document {index}"
+        score = f"{feature['value']:+.4f} ± {feature['stderr']:.4f}" if feature else ""
+        lines.append(f"\n[d{index}] {title}  {score}")
+        lines.append("  " + _document_body(explanation, documents, index, wrap, lambda s: s).replace("\n", " "))
+    return "\n".join(lines)
+
+
+# ---- HTML -----------------------------------------------------------------------------------------------
+
+_STYLE = """
+body{font:15px/1.6 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#111}
+h1{font-size:1.3rem} .meta{color:#555} .doc{border:1px solid #ddd;border-radius:8px;padding:.6rem 1rem;margin:1rem 0}
+.doc h2{font-size:1rem;margin:.2rem 0} .score{font-family:monospace;color:#333;font-weight:normal}
+.hl{border-radius:3px;cursor:help} .hl .hl{padding:0 1px} .key span{padding:0 .4rem;border-radius:3px}
+"""
+
+
+def _css_background(feature: dict, scale: float) -> str:
+    (r, g, b), alpha = shade(feature["value"], scale)
+    return f"background:rgba({r},{g},{b},{alpha * 0.6:.3f})"
+
+
+def html_report(explanation: dict, documents: Sequence[dict], question: str = "") -> str:
+    """A self-contained page: documents ranked, sentences and words highlighted, values on hover."""
+    scales, levels = _scales(explanation), _level_of(explanation)
+
+    def wrap(feature: dict, inner: str) -> str:
+        level = levels[feature["id"]]
+        if level == "document":  # shown by the section's border and score instead
+            return inner
+        return (
+            f'<span class="hl {level}" data-id="{feature["id"]}" data-value="{feature["value"]:.6g}" '
+            f'style="{_css_background(feature, scales[level])}" title="{html.escape(_label(feature))}">{inner}</span>'
+        )
+
+    sections = []
+    for rank, (index, feature) in enumerate(ranked_documents(explanation, documents), 1):
+        title = html.escape(documents[index].get("title") or f"document {index}")
+        score = f' <span class="score">{html.escape(_label(feature))}</span>' if feature else ""
+        style = f' style="border-left:6px solid rgba{(*shade(feature["value"], scales["document"])[0], 0.8)}"' if feature else ""
+        body = _document_body(explanation, documents, index, wrap, html.escape)
+        sections.append(f'<section class="doc" data-doc="{index}"{style}><h2>#{rank} [d{index}] {title}{score}</h2><p>{body}</p></section>')
+    stats = explanation["stats"]
+    meta = (
+        f"value function {explanation['value_function']}, total effect {explanation['total_effect']:+.4f}; "
+        f"{stats.get('evaluations', 0)} evaluations, {stats.get('forward_tokens', 0)} forwarded tokens, {stats.get('wall_seconds', 0):.1f} s"
+    )
+    heading = f"<p><b>Question:</b> {html.escape(question)}</p>" if question else ""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>LongSHAP explanation</title>"
+        f"<style>{_STYLE}</style></head><body>"
+        f"<h1>LongSHAP explanation</h1>{heading}<p><b>Answer:</b> <span id=\"answer\">{html.escape(explanation['answer'])}</span></p>"
+        f"<p class=\"meta\">{html.escape(meta)}</p>"
+        '<p class="key"><span style="background:rgba(22,163,74,.5)">raises the answer</span> '
+        '<span style="background:rgba(220,38,38,.5)">lowers it</span> — hover a highlight for its value ± standard error</p>'
+        + "".join(sections)
+        + "</body></html>\n"
+    )

@@ -1,0 +1,174 @@
+"""`longshap explain|classify|rerank` against a real server (and --local): outputs, inputs and exit codes."""
+from __future__ import annotations
+
+import io
+import json
+import socket
+import sys
+
+import pytest
+
+from client.cli import main
+from serving import DOCUMENTS, QUESTION
+
+
+@pytest.fixture
+def doc_files(tmp_path):
+    paths = []
+    for doc in DOCUMENTS:
+        path = tmp_path / f"{doc['title']}.txt"
+        path.write_text(doc["text"], encoding="utf-8")
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(doc) + "\n" for doc in DOCUMENTS), encoding="utf-8")
+    return path
+
+
+def _stdin(monkeypatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def _without_times(explanation: dict) -> dict:
+    explanation = dict(explanation, stats={k: v for k, v in explanation["stats"].items() if k != "wall_seconds"})
+    explanation["levels"] = [dict(level, wall_seconds=None) for level in explanation["levels"]]
+    return explanation
+
+
+def _run_json(capsys, argv) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_explain_json_equals_the_engine(tiny_server, tiny_explainer, doc_files, capsys):
+    got = _run_json(capsys, ["explain", "--server", tiny_server.address, "--question", QUESTION, "--doc", doc_files[0], "--doc", doc_files[1], "--budget", "30", "--seed", "2", "--json"])
+    expected = tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, budget=30, seed=2).to_dict()
+    assert _without_times(got) == _without_times(expected)
+
+
+def test_docs_jsonl_file_stdin_and_doc_stdin_give_the_same_explanation(tiny_server, doc_files, jsonl, monkeypatch, capsys):
+    common = ["explain", "--server", tiny_server.address, "--question", QUESTION, "--budget", "10", "--levels", "document", "--json"]
+    from_file = _run_json(capsys, [*common, "--docs-jsonl", str(jsonl)])
+    _stdin(monkeypatch, jsonl.read_bytes())
+    from_stdin = _run_json(capsys, [*common, "--docs-jsonl", "-"])
+    assert _without_times(from_file) == _without_times(from_stdin)
+    _stdin(monkeypatch, DOCUMENTS[0]["text"].encode())
+    one = _run_json(capsys, [*common, "--doc", "-", "--doc", doc_files[1]])
+    assert [f["title"] for f in one["levels"][0]["features"]] == ["", "Berlin"]
+
+
+def test_terminal_view_streams_levels_and_shades_the_documents(tiny_server, doc_files, capsys):
+    argv = ["explain", "--server", tiny_server.address, "--question", QUESTION, "--doc", doc_files[0], "--doc", doc_files[1], "--budget", "20", "--color", "always"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.index("answer (generated)") < out.index("== document level") < out.index("== sentence level") < out.index("== word level")
+    assert "\x1b[48;2;" in out and "[d0] Paris" in out and "[d1] Berlin" in out
+    assert "evaluations" in out.splitlines()[-1] and "first level event after" in out
+
+
+def test_classify_from_a_file_with_labels(tiny_server, tiny_explainer, tmp_path, capsys):
+    text = tmp_path / "review.txt"
+    text.write_text("a charming journey", encoding="utf-8")
+    got = _run_json(capsys, ["classify", "--server", tiny_server.address, "--text-file", str(text), "--label", "negative,positive", "--budget", "10", "--json"])
+    expected = tiny_explainer.explain(text="a charming journey", labels=["negative", "positive"], budget=10).to_dict()
+    assert _without_times(got) == _without_times(expected)
+
+
+def test_rerank_prints_answers_then_documents(tiny_server, doc_files, capsys):
+    argv = ["rerank", "--server", tiny_server.address, "--question", QUESTION, "--doc", doc_files[0], "--doc", doc_files[1], "--candidate", "Paris", "--candidate", "Berlin", "--budget", "6"]
+    assert main([*argv, "--json"]) == 0
+    response = json.loads(capsys.readouterr().out)
+    assert sorted(a["answer"] for a in response["answers"]) == ["Berlin", "Paris"]
+    assert sorted(d["index"] for d in response["documents"]) == [0, 1]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1. " in out and f"documents ranked for {response['answers'][0]['answer']!r}" in out
+
+
+def test_local_mode_equals_the_server(tiny_server, tiny_llama_dir, jsonl, capsys):
+    common = ["explain", "--question", QUESTION, "--docs-jsonl", str(jsonl), "--budget", "15", "--json"]
+    remote = _run_json(capsys, [*common, "--server", tiny_server.address])
+    local = _run_json(capsys, [*common, "--local", "--model", str(tiny_llama_dir)])
+    assert _without_times(local) == _without_times(remote)
+
+
+def test_models_lists_the_served_models(tiny_server, capsys):
+    assert main(["models", "--server", tiny_server.address]) == 0
+    assert capsys.readouterr().out.startswith("tiny (default)")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        (["--budget", "0"], 1, "INVALID_ARGUMENT: budget"),
+        (["--model", "nope"], 1, "NOT_FOUND: model"),
+        (["--model", "/tmp/models"], 1, "INVALID_ARGUMENT: model"),
+        (["--threshold", "nan"], 1, "INVALID_ARGUMENT: thresholds["),
+        (["--levels", "word,document"], 1, "INVALID_ARGUMENT: levels"),
+    ],
+)
+def test_server_errors_exit_1_with_one_line(tiny_server, doc_files, capsys, extra, code, message):
+    assert main(["explain", "--server", tiny_server.address, "--question", QUESTION, "--doc", doc_files[0], *extra]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_an_unreachable_server_exits_1(doc_files, capsys):
+    assert main(["explain", "--server", f"127.0.0.1:{_free_port()}", "--timeout", "3", "--question", "q", "--doc", doc_files[0]]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "UNAVAILABLE" in err
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("invalid utf-8 doc", "not valid UTF-8"),
+        ("invalid utf-8 jsonl", "not valid UTF-8"),
+        ("missing file", "cannot read"),
+        ("no documents", "no documents"),
+        ("jsonl not json", "docs.jsonl:2: not JSON"),
+        ("jsonl without text", "docs.jsonl:1: expected an object"),
+        ("stdin twice", "stdin"),
+        ("both text options", "exactly one of --text or --text-file"),
+        ("invalid utf-8 text file", "not valid UTF-8"),
+    ],
+)
+def test_usage_errors_exit_2(tiny_server, tmp_path, monkeypatch, capsys, case, message):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"caf\xe9 au lait \xff")
+    jsonl = tmp_path / "docs.jsonl"
+    lines = {"jsonl not json": '{"text": "ok"}\n{oops\n', "jsonl without text": '{"title": "x"}\n'}.get(case, '{"text": "caf\xe9"}\n')
+    jsonl.write_bytes(lines.encode("latin-1") if case == "invalid utf-8 jsonl" else lines.encode())
+    explain = ["explain", "--server", tiny_server.address, "--question", "q"]
+    argv = {
+        "invalid utf-8 doc": [*explain, "--doc", str(bad)],
+        "invalid utf-8 jsonl": [*explain, "--docs-jsonl", str(jsonl)],
+        "missing file": [*explain, "--doc", str(tmp_path / "missing.txt")],
+        "no documents": explain,
+        "jsonl not json": [*explain, "--docs-jsonl", str(jsonl)],
+        "jsonl without text": [*explain, "--docs-jsonl", str(jsonl)],
+        "stdin twice": [*explain, "--doc", "-", "--docs-jsonl", "-"],
+        "both text options": ["classify", "--server", tiny_server.address, "--text", "x", "--text-file", str(bad), "--label", "a,b"],
+        "invalid utf-8 text file": ["classify", "--server", tiny_server.address, "--text-file", str(bad), "--label", "a,b"],
+    }[case]
+    _stdin(monkeypatch, b"")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("argv", [["explain", "--doc", "a.txt"], ["explain", "--question", "q", "--budget", "many"], ["explain", "--question", "q", "--server", "x", "--local"], ["frobnicate"]])
+def test_bad_options_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2

@@ -1,0 +1,1 @@
+from serving import stub, tiny_server  # noqa: F401  (fixtures)

@@ -1,0 +1,118 @@
+"""End to end over a real server on 127.0.0.1: streamed events, final values equal to the in-process engine's."""
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from client.wire import collect, pb, pb_grpc
+from serving import DOCUMENTS, LIMITS, QUESTION, qa_request, quick_request
+from server.app import ServerConfig, ServerThread
+
+
+def _kinds(events) -> list[str]:
+    return [event.WhichOneof("event") for event in events]
+
+
+def _assert_order(kinds: list[str]) -> None:
+    """answer, then per level: level_start, progress..., level; then done."""
+    assert kinds[0] == "answer" and kinds[-1] == "done"
+    state = "between"
+    for kind in kinds[1:-1]:
+        if state == "between":
+            assert kind == "level_start"
+            state = "inside"
+        else:
+            assert kind in ("progress", "level")
+            state = "between" if kind == "level" else "inside"
+    assert state == "between"
+
+
+def _without_times(explanation: dict) -> dict:
+    explanation = dict(explanation, stats={k: v for k, v in explanation["stats"].items() if k != "wall_seconds"})
+    explanation["levels"] = [dict(level, wall_seconds=None) for level in explanation["levels"]]
+    return explanation
+
+
+def test_qa_events_stream_in_order_and_equal_the_engine(stub, tiny_explainer):
+    events = list(stub.Explain(qa_request(budget=40, seed=3)))
+    kinds = _kinds(events)
+    _assert_order(kinds)
+    assert [e.level_start.level for e in events if e.HasField("level_start")] == ["document", "sentence", "word"]
+    assert "progress" in kinds
+    start = next(e.level_start for e in events if e.HasField("level_start"))
+    assert [f.title for f in start.features] == ["Paris", "Berlin"]
+    expected = tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, budget=40, seed=3).to_dict()
+    got = collect(events)
+    assert got["answer"] == expected["answer"]
+    for got_level, want_level in zip(got["levels"], expected["levels"], strict=True):
+        assert [f["id"] for f in got_level["features"]] == [f["id"] for f in want_level["features"]]
+        assert [f["value"] for f in got_level["features"]] == pytest.approx([f["value"] for f in want_level["features"]], rel=1e-9, abs=1e-12)
+        assert [f["stderr"] for f in got_level["features"]] == pytest.approx([f["stderr"] for f in want_level["features"]], rel=1e-9, abs=1e-12)
+        assert [f["expanded"] for f in got_level["features"]] == [f["expanded"] for f in want_level["features"]]
+    assert _without_times(got) == _without_times(expected)
+    level_events = [e.level.level for e in events if e.HasField("level")]
+    assert [list(level.expanded) for level in level_events] == [[f["id"] for f in lvl["features"] if f["expanded"]] for lvl in expected["levels"]]
+    done = events[-1].done
+    assert done.summary.evaluations == expected["stats"]["evaluations"] and done.summary.forward_tokens > 0 and done.request_id
+
+
+def test_classification_streams_label_probabilities(stub, tiny_explainer):
+    events = list(stub.Explain(quick_request()))
+    _assert_order(_kinds(events))
+    expected = tiny_explainer.explain(text="a charming journey", labels=["negative", "positive"], budget=10)
+    assert dict(events[0].answer.label_probabilities) == pytest.approx(expected.label_probabilities)
+    assert _without_times(collect(events)) == _without_times(expected.to_dict())
+
+
+def test_rerank_orders_answers_by_total_effect_and_documents_by_value(stub, tiny_explainer):
+    candidates = ["Paris", "Berlin", "the Seine"]
+    request = pb.RerankRequest(prompt=qa_request().qa, candidates=candidates, budget=8, seed=1)
+    response = stub.Rerank(request)
+    effects = {
+        c: tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, target=c, levels=["document"], value="logprob", budget=8, seed=1)
+        for c in candidates
+    }
+    assert [a.answer for a in response.answers] == sorted(candidates, key=lambda c: -effects[c].total_effect)
+    assert [a.total_effect for a in response.answers] == pytest.approx([effects[a.answer].total_effect for a in response.answers])
+    best = effects[response.answers[0].answer].level("document").features
+    assert [d.index for d in response.documents] == [f.doc for f in sorted(best, key=lambda f: -f.value)]
+    assert response.summary.evaluations > 0
+
+
+def test_list_models_reports_models_and_limits(stub):
+    response = stub.ListModels(pb.ListModelsRequest())
+    assert [(m.name, m.is_default, m.architecture) for m in response.models] == [("tiny", True, "llama")]
+    assert response.limits == LIMITS.to_proto()
+
+
+def test_a_second_model_is_served_by_name(tiny_llama_dir, tiny_gemma_dir):
+    from hierarchy import Explainer
+
+    explainers = {"llama": Explainer.from_pretrained(str(tiny_llama_dir)), "gemma": Explainer.from_pretrained(str(tiny_gemma_dir))}
+    with ServerThread(ServerConfig(port=0), explainers) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ExplainerStub(channel)
+        by_model = {}
+        for name in explainers:
+            request = quick_request()
+            request.model = name
+            by_model[name] = collect(stub.Explain(request))
+        default = collect(stub.Explain(quick_request()))
+    assert default["full_value"] == by_model["llama"]["full_value"] != by_model["gemma"]["full_value"]
+
+
+@pytest.mark.slow
+def test_default_model_document_level_equals_the_engine(default_explainer):
+    """The real embedded model, kept cheap: document level only, 3 passages, budget 6."""
+    from hierarchy.data import load_nq, nq_prompt
+
+    prompt = nq_prompt(load_nq(), 5, 2, seed=0)
+    arguments = dict(question=prompt.question, documents=prompt.documents, levels=["document"], budget=6, seed=0, target=prompt.answers[0])
+    with ServerThread(ServerConfig(port=0), {"gemma-3-270m": default_explainer}) as server, grpc.insecure_channel(server.address) as channel:
+        request = pb.ExplainRequest(
+            qa=pb.QAPrompt(question=prompt.question, documents=[pb.Document(**d) for d in prompt.documents]),
+            levels=["document"], budget=6, seed=0, target=prompt.answers[0],
+        )
+        events = list(pb_grpc.ExplainerStub(channel).Explain(request))
+    _assert_order(_kinds(events))
+    expected = default_explainer.explain(**arguments).to_dict()
+    assert _without_times(collect(events)) == _without_times(expected)
