@@ -119,21 +119,33 @@ class ModelScorer:
     def _batches(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
         """Group row indices so each padded batch stays under the token budget.
 
-        With prefix reuse, rows go in lexicographic order so neighbours share long
-        prefixes; otherwise longest first, which minimises padding.
+        With prefix reuse, rows go in lexicographic order (the common prefix of a run of
+        sorted rows is that of its first and last), and a batch of k rows sharing L tokens
+        is closed before a row that would cut the shared prefix to L' when that costs the
+        batch more than the row gains, (L - L')(k - 1) > L': batches then follow the
+        groups of coalitions that share an outer context.
+        Without reuse, longest first, which minimises padding.
         """
-        if self.reuse_prefix:
-            order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
-        else:
+        if not self.reuse_prefix:
             order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-        batches, current, width = [], [], 0
+        else:
+            order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        width = shared = 0
         for index in order:
-            grown = max(width, len(rows[index]))
-            if current and ((len(current) + 1) * grown > self.max_batch_tokens or len(current) >= self.max_batch_size):
+            row = rows[index]
+            grown = max(width, len(row))
+            narrowed = min(shared, _common_prefix(rows[current[0]], row)) if current else len(row)
+            # The shared prefix runs once, so only the padded suffixes count against the budget.
+            area = (len(current) + 1) * (grown - (narrowed if self.reuse_prefix else 0))
+            full = area > self.max_batch_tokens or len(current) >= self.max_batch_size
+            wasteful = self.reuse_prefix and current and (shared - narrowed) * (len(current) - 1) > narrowed
+            if current and (full or wasteful):
                 batches.append(current)
-                current, grown = [], len(rows[index])
+                current, grown, narrowed = [], len(row), len(row)
             current.append(index)
-            width = grown
+            width, shared = grown, narrowed
         if current:
             batches.append(current)
         return batches
@@ -175,12 +187,7 @@ class ModelScorer:
         """Length of the prefix all rows share, leaving every row at least `keep` tokens of its own."""
         if not self.reuse_prefix or len(rows) < 2:
             return 0
-        first, length = rows[0], min(len(row) for row in rows) - keep
-        for row in rows[1:]:
-            common = 0
-            while common < length and row[common] == first[common]:
-                common += 1
-            length = common
+        length = min(min(len(row) for row in rows) - keep, *(_common_prefix(rows[0], row) for row in rows[1:]))
         return length if length >= self.min_shared_prefix else 0
 
     def _prefix_cache(self, rows: Sequence[Sequence[int]], shared: int):
@@ -376,3 +383,12 @@ class ModelScorer:
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
+    length = 0
+    for a, b in zip(first, second):
+        if a != b:
+            break
+        length += 1
+    return length
