@@ -36,7 +36,6 @@ class Banzhaf:
     on games with few coalitions).
     """
 
-    name = "banzhaf"
 
     def attribute(
         self,

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from hierarchy.games import FunctionGame, Game, MemoisedGame
+from hierarchy.registry import Registry
 
 
 @dataclass
@@ -61,25 +62,12 @@ class Estimator(Protocol):
     ) -> Estimate: ...
 
 
-ESTIMATORS: dict[str, Callable[[], Estimator]] = {}
-
-
-def register(name: str):
-    """Class decorator adding an estimator to the registry under `name`."""
-
-    def wrap(cls):
-        cls.name = name
-        ESTIMATORS[name] = cls
-        return cls
-
-    return wrap
+ESTIMATORS: Registry[Callable[[], Estimator]] = Registry("method")
+register = ESTIMATORS.register
 
 
 def get_estimator(name: str) -> Estimator:
-    try:
-        return ESTIMATORS[name]()
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(ESTIMATORS)}") from None
+    return ESTIMATORS.lookup(name)()
 
 
 def default_budget(method: str, n_players: int) -> int:

@@ -21,7 +21,6 @@ class Exact:
     for a single draw, which says nothing about the spread).
     """
 
-    name = "exact"
 
     def attribute(
         self,

@@ -83,7 +83,6 @@ class Kernel:
     games with few coalitions).
     """
 
-    name = "kernel"
 
     def attribute(
         self,

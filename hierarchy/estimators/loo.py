@@ -18,7 +18,6 @@ class LeaveOneOut:
     contexts (enumerated with their probabilities when the support is that small).
     """
 
-    name = "loo"
 
     def attribute(
         self,

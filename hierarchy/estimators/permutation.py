@@ -32,7 +32,6 @@ class Permutation:
     pairs the budget buys without memoisation (binds only on games with few coalitions).
     """
 
-    name = "permutation"
 
     def attribute(
         self,

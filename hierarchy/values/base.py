@@ -11,6 +11,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from hierarchy.registry import Registry
 from hierarchy.scorer import ModelScorer
 
 
@@ -36,21 +37,9 @@ class Target:
 
 
 ValueFactory = Callable[[ModelScorer, Target], ValueFunction]
-VALUE_FUNCTIONS: dict[str, ValueFactory] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        cls.name = name
-        VALUE_FUNCTIONS[name] = cls
-        return cls
-
-    return wrap
+VALUE_FUNCTIONS: Registry[ValueFactory] = Registry("value function")
+register = VALUE_FUNCTIONS.register
 
 
 def build_value_function(name: str, scorer: ModelScorer, target: Target) -> ValueFunction:
-    try:
-        factory = VALUE_FUNCTIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown value function {name!r}; choose one of {sorted(VALUE_FUNCTIONS)}") from None
-    return factory(scorer, target)
+    return VALUE_FUNCTIONS.lookup(name)(scorer, target)
