@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierarchy.estimators._stats import RunningMoments, check_inputs, done, max_groups, report
+from hierarchy.estimators._stats import MIN_GROUPS, RunningMoments, check_inputs, done, max_groups, report
 from hierarchy.estimators.base import Estimate, ProgressCallback, register
 from hierarchy.games import MemoisedGame
 
@@ -13,14 +13,17 @@ def _marginals(chain: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return np.diff(chain, axis=0)[positions]
 
 
+MAX_PAIRS_PER_CALL = 8
+
+
 @register("permutation")
 class Permutation:
     """Average marginal contributions along random permutations, each paired with its reverse.
 
     A permutation and its reverse see every player with complementary predecessor sets,
     which cancels much of the variance for near-additive games; both chains (n + 1
-    coalitions each, from empty to full) go to the game in one batch under one outer
-    context. Each chain telescopes, so the values sum to v(N) - v(empty) exactly for
+    coalitions each, from empty to full) share one outer context, and as many pairs as
+    the remaining budget surely affords (up to 8) go to the game in one call. Each chain telescopes, so the values sum to v(N) - v(empty) exactly for
     plain games. The standard error treats each pair's averaged contributions as one
     iid sample; with a single pair (long sentences on a small budget) it treats the two
     chains as separate samples, which overestimates it when, as intended, the reversed
@@ -46,13 +49,25 @@ class Permutation:
         steps = np.arange(n + 1)[:, None]
         moments = RunningMoments()
         cap = max_groups(budget, 2 * n)
+        spent = 0
         while True:
-            context = game.sample_context(rng)
-            positions = rng.permutation(n)
-            reverse = n - 1 - positions
-            chains = game.evaluate(np.vstack([positions < steps, reverse < steps]), [context] * (2 * n + 2))
-            forward, backward = _marginals(chains[: n + 1], positions), _marginals(chains[n + 1 :], reverse)
-            moments.add((forward + backward) / 2)
+            # As many pairs per call as the budget surely affords: a model scorer is
+            # fastest on big batches, and the statistics do not depend on the grouping.
+            pairs = int(np.clip((budget - spent) // (2 * n), 1, min(MAX_PAIRS_PER_CALL, cap - moments.count)))
+            if target_stderr is not None:  # stop close to the target: the minimum groups first, then doubling
+                pairs = min(pairs, max(MIN_GROUPS - moments.count, moments.count))
+            rows, contexts, orders = [], [], []
+            for _ in range(pairs):
+                context = game.sample_context(rng)
+                positions = rng.permutation(n)
+                reverse = n - 1 - positions
+                rows += [positions < steps, reverse < steps]
+                contexts += [context] * (2 * n + 2)
+                orders.append((positions, reverse))
+            chains = game.evaluate(np.vstack(rows), contexts).reshape(pairs, 2, n + 1, -1)
+            for (positions, reverse), (forward_chain, backward_chain) in zip(orders, chains):
+                forward, backward = _marginals(forward_chain, positions), _marginals(backward_chain, reverse)
+                moments.add((forward + backward) / 2)
             values, stderr = moments.mean, moments.stderr()
             if moments.count == 1:
                 stderr = np.abs(forward - backward) / 2

@@ -104,12 +104,12 @@ def test_memoisation_never_repeats_a_coalition(method):
 
 @pytest.mark.parametrize("method", ALL)
 def test_growing_columns_are_padded_like_a_game_with_all_columns_known(method):
-    growing = GrowingAnswers([5, 1, 3, 2, 4, 2, 3, 1])
-    grown = estimate(growing, 8, method, budget=120, seed=4)
+    growing = GrowingAnswers([1, 2, 4, 8, 16, 32, 64, 128])  # every coalition its own answer: k grows every call
+    grown = estimate(growing, 8, method, budget=600, seed=4)  # several calls, even with 8 pairs per call
     assert grown.values.shape == grown.stderr.shape == (8, len(growing.columns))
     if method not in ("exact", "loo"):  # these make a single call
         assert len(growing.widths) > 2 and growing.widths[0] < growing.widths[-1]
-    fixed = estimate(growing.frozen(), 8, method, budget=120, seed=4)
+    fixed = estimate(growing.frozen(), 8, method, budget=600, seed=4)
     np.testing.assert_allclose(grown.values, fixed.values, atol=1e-12)
     np.testing.assert_allclose(grown.stderr, fixed.stderr, atol=1e-12)
 
