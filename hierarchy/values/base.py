@@ -32,7 +32,7 @@ class Target:
     labels: list[str] | None = None
     label_index: int | None = None
     max_new_tokens: int = 20
-    speculative: bool = True
+    speculative: bool = False
     """Verify already-seen answers in one pass instead of decoding them again."""
 
 

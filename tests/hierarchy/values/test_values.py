@@ -110,7 +110,7 @@ class FakeScorer:
 
 def test_answers_one_hot_and_growing_columns():
     scorer = FakeScorer({"a": " Paris.", "b": "paris", "c": "Berlin", "d": "  Rome ", "e": "BERLIN!"})
-    value = AnswerDistribution(scorer, Target("full", answer="Paris", max_new_tokens=7))
+    value = AnswerDistribution(scorer, Target("full", answer="Paris", max_new_tokens=7, speculative=True))
     assert value.columns == ["Paris"]
     first = value(["a", "c", "b"])
     np.testing.assert_array_equal(first, [[1, 0], [0, 1], [1, 0]])
