@@ -54,7 +54,7 @@ def run(budget: int, seeds: int, cubic: float) -> dict[str, dict[str, float]]:
     targets = exact_targets(value_fn, N_PLAYERS)
     rows: dict[str, dict[str, float]] = {}
     for method in targets:
-        shapley_error, own_error, stderr, evaluations, seconds = [], [], [], [], []
+        shapley_error, own_error, stderr, evaluations, seconds, covered = [], [], [], [], [], []
         for seed in range(seeds):
             started = time.perf_counter()
             result = estimate(value_fn, N_PLAYERS, method, budget=None if method == "exact" else budget, seed=seed)
@@ -62,11 +62,13 @@ def run(budget: int, seeds: int, cubic: float) -> dict[str, dict[str, float]]:
             shapley_error.append(np.abs(result.values - targets["exact"]).mean())
             own_error.append(np.abs(result.values - targets[method]).mean())
             stderr.append(result.stderr.mean())
+            covered.append(np.abs(result.values - targets[method]) <= 1.96 * result.stderr)
             evaluations.append(result.evaluations)
         rows[method] = {
             "mae_shapley": float(np.mean(shapley_error)),
             "mae_own": float(np.mean(own_error)),
             "mean_stderr": float(np.mean(stderr)),
+            "coverage": float(np.mean(covered)),
             "evaluations": float(np.mean(evaluations)),
             "ms": 1000 * float(np.mean(seconds)),
         }
@@ -82,11 +84,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = run(args.budget, args.seeds, args.cubic)
     print(f"{N_PLAYERS} players, budget {args.budget} (exact: {2**N_PLAYERS}), mean over {args.seeds} seeds, cubic={args.cubic}")
-    print(f"{'method':<12}{'MAE vs Shapley':>16}{'MAE vs own':>12}{'mean stderr':>13}{'evals':>8}{'ms':>9}")
+    print("coverage: share of (seed, player) where |estimate - own exact target| <= 1.96 stderr")
+    print(f"{'method':<12}{'MAE vs Shapley':>16}{'MAE vs own':>12}{'mean stderr':>13}{'coverage':>10}{'evals':>8}{'ms':>9}")
     for method, row in rows.items():
         print(
             f"{method:<12}{row['mae_shapley']:>16.4f}{row['mae_own']:>12.4f}"
-            f"{row['mean_stderr']:>13.4f}{row['evaluations']:>8.0f}{row['ms']:>9.1f}"
+            f"{row['mean_stderr']:>13.4f}{row['coverage']:>10.3f}{row['evaluations']:>8.0f}{row['ms']:>9.1f}"
         )
     if args.json:
         with open(args.json, "w") as handle:
