@@ -24,7 +24,7 @@ from hierarchy.models import LoadedModel
 from hierarchy.speculative import AnswerTree, tree_masks, walk
 
 log = logging.getLogger(__name__)
-from hierarchy.subgames import Cancelled
+from hierarchy.errors import Cancelled
 
 
 @dataclass

@@ -18,15 +18,12 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from hierarchy.errors import Cancelled
 from hierarchy.games import Context, as_2d, pad_columns
 from hierarchy.segmentation import ROOT, FeatureTree
 
 Absent = frozenset[str]
 MODES = ("owen", "local")
-
-
-class Cancelled(Exception):
-    """Raised inside the engine when the caller asked to stop (client gone, deadline passed)."""
 
 
 class RequestGame:

@@ -14,7 +14,7 @@ import grpc
 
 from client.wire import event_to_proto, pb, pb_grpc
 from hierarchy import Explainer
-from hierarchy.subgames import Cancelled
+from hierarchy.errors import Cancelled
 from server.config import Limits
 from server.rerank import rerank
 from server.validation import RequestError, explain_arguments, rerank_arguments, resolve_model

@@ -8,7 +8,7 @@ import pytest
 
 from hierarchy.data import load_nq, nq_prompt
 from hierarchy.explainer import Explainer
-from hierarchy.subgames import Cancelled
+from hierarchy.errors import Cancelled
 
 DOCUMENTS = [
     {"title": "Paris", "text": "Paris is the capital of France. It lies on the Seine. Dr. Smith lives there."},

@@ -7,7 +7,7 @@ import torch
 
 from hierarchy.models import load_model
 from hierarchy.scorer import ModelScorer
-from hierarchy.subgames import Cancelled
+from hierarchy.errors import Cancelled
 
 PROMPTS = [
     "Paris",
