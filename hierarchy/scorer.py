@@ -220,13 +220,13 @@ class ModelScorer:
         self.stats.evaluations += len(prompts)
         if all(len(c) == 1 for c in continuations):
             label_ids = torch.tensor([c[0] for c in continuations], device=self.device)
-            out = np.zeros((len(prompts), len(continuations)))
             per_row = self._map_batches(
                 encoded, lambda batch: self._last_logprobs([encoded[i] for i in batch], keep=1)[:, 0, label_ids].double().cpu().numpy()
             )
             return np.vstack(per_row)
         rows = [(p, c) for p in range(len(prompts)) for c in range(len(continuations))]
         sequences = [encoded[p] + list(continuations[c]) for p, c in rows]
+
         def score(batch: list[int]) -> list[float]:
             keep = max(len(continuations[rows[i][1]]) for i in batch) + 1
             logprobs = self._last_logprobs([sequences[i] for i in batch], keep=keep)
