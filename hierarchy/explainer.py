@@ -9,7 +9,7 @@ at most `max_expanded` units per level are expanded, the most important first.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -31,7 +31,7 @@ from hierarchy.results import (
 from hierarchy.scorer import ModelScorer
 from hierarchy.segmentation import LEVELS, ROOT, Document, FeatureTree
 from hierarchy.subgames import MODES, RequestGame, UnitGame
-from hierarchy.values import Target, build_value_function
+from hierarchy.values import Target, ValueFunction, build_value_function
 from hierarchy.values.label import label_token_ids, normalised_label_logprobs
 
 QA_LEVELS = ("document", "sentence", "word")
@@ -107,6 +107,30 @@ def _check_max_expanded(caps: Mapping) -> None:
     for level, value in caps.items():
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise ValueError(f"max_expanded[{level}]: must be a non-negative integer or None, got {value!r}")
+
+
+@dataclass
+class _Run:
+    """Everything one explanation's level walk needs, fixed once the request is validated."""
+
+    tree: FeatureTree
+    request: RequestGame
+    value_fn: ValueFunction
+    value_name: str
+    levels: tuple[str, ...]
+    method: str
+    budget: int | None
+    seed: int
+    mode: str
+    thresholds: dict
+    caps: dict
+    full_value: np.ndarray
+    empty_value: np.ndarray
+    target_stderr: float | None
+    on_progress: Callable[[ProgressEvent], None] | None
+    started: float
+    stats_before: dict
+    answer_event: AnswerEvent
 
 
 class Explainer:
@@ -190,8 +214,10 @@ class Explainer:
             top_units = frozenset(tree.expand(ROOT, "document"))
             full_value, empty_value = request.values([frozenset(), top_units])
             yield from self._levels(
-                tree, request, value_fn, levels, method, budget, seed, mode, thresholds, caps,
-                full_value, empty_value, target_stderr, on_progress, started, stats_before, answer_event, value,
+                _Run(
+                    tree, request, value_fn, value, levels, method, budget, seed, mode, thresholds, caps,
+                    _as_row(full_value), _as_row(empty_value), target_stderr, on_progress, started, stats_before, answer_event,
+                )
             )
         finally:
             self.scorer.should_stop = None
@@ -295,11 +321,9 @@ class Explainer:
             AnswerEvent(label, source, by_label),
         )
 
-    def _levels(
-        self, tree, request, value_fn, levels, method, budget, seed, mode, thresholds, caps,
-        full_value, empty_value, target_stderr, on_progress, started, stats_before, answer_event, value_name,
-    ) -> Iterator:
-        estimator = get_estimator(method)
+    def _levels(self, run: _Run) -> Iterator:
+        tree, request, value_fn, levels = run.tree, run.request, run.value_fn, run.levels
+        estimator = get_estimator(run.method)
         parents = [ROOT]
         results: list[Level] = []
         for depth, level in enumerate(levels):
@@ -308,31 +332,32 @@ class Explainer:
             tokens_before = (self.scorer.stats.forward_tokens, self.scorer.stats.reused_tokens)
             groups = [(parent, tree.expand(parent, level)) for parent in parents]
             groups = [(parent, children) for parent, children in groups if children]
-            budgets = self._split_budget(budget, method, [len(children) for _, children in groups])
+            budgets = self._split_budget(run.budget, run.method, [len(children) for _, children in groups])
             placeholder_features = [self._feature(tree, unit, 0.0, 0.0, None, []) for _, children in groups for unit in children]
             yield LevelStartEvent(level, placeholder_features, sum(budgets))
 
             level_values, level_stderr, order = [], [], []
             for index, ((parent, children), group_budget) in enumerate(zip(groups, budgets)):
-                game = MemoisedGame(UnitGame(request, tree, parent, children, mode))
-                progress = self._progress_callback(on_progress, level, children, sum(budgets), request, evaluations_before)
-                rng = np.random.default_rng([seed, depth, index])
-                result = estimator.attribute(game, group_budget, rng, target_stderr, progress)
+                game = MemoisedGame(UnitGame(request, tree, parent, children, run.mode))
+                progress = self._progress_callback(run.on_progress, level, children, sum(budgets), request, evaluations_before)
+                rng = np.random.default_rng([run.seed, depth, index])
+                result = estimator.attribute(game, group_budget, rng, run.target_stderr, progress)
                 level_values.append(result.values)
                 level_stderr.append(result.stderr)
                 order.extend(children)
 
             values = pad_columns(level_values)
             stderr = pad_columns(level_stderr)
-            reference = (_as_row(full_value), _as_row(empty_value))
             last = depth == len(levels) - 1
-            expanded = set() if last else self._choose_expansions(order, values, stderr, reference, value_fn, thresholds[level], caps[level])
+            expanded = set() if last else self._choose_expansions(
+                order, values, stderr, (run.full_value, run.empty_value), value_fn, run.thresholds[level], run.caps[level]
+            )
             features = [
                 self._feature(tree, unit, values[i], stderr[i], value_fn, expanded)
                 for i, unit in enumerate(order)
             ]
             result_level = Level(
-                level, features, request.evaluations - evaluations_before, thresholds[level], method,
+                level, features, request.evaluations - evaluations_before, run.thresholds[level], run.method,
                 round(time.perf_counter() - level_started, 3),
                 forward_tokens=self.scorer.stats.forward_tokens - tokens_before[0],
                 reused_tokens=self.scorer.stats.reused_tokens - tokens_before[1],
@@ -343,7 +368,7 @@ class Explainer:
             if not parents:
                 break
 
-        yield DoneEvent(self._explanation(results, request, value_fn, value_name, mode, full_value, empty_value, started, stats_before, answer_event))
+        yield DoneEvent(self._explanation(run, results))
 
     @staticmethod
     def _split_budget(budget: int | None, method: str, sizes: Sequence[int]) -> list[int]:
@@ -412,10 +437,11 @@ class Explainer:
             values_by_answer=by_answer,
         )
 
-    def _explanation(self, levels, request, value_fn, value_name, mode, full_value, empty_value, started, stats_before, answer_event) -> Explanation:
-        stats = {k: v - stats_before[k] for k, v in self.scorer.stats.as_dict().items()}
-        stats["wall_seconds"] = round(time.perf_counter() - started, 3)
-        stats["coalitions"] = request.evaluations
+    def _explanation(self, run: _Run, levels: list[Level]) -> Explanation:
+        value_fn = run.value_fn
+        stats = {k: v - run.stats_before[k] for k, v in self.scorer.stats.as_dict().items()}
+        stats["wall_seconds"] = round(time.perf_counter() - run.started, 3)
+        stats["coalitions"] = run.request.evaluations
         answers = None
         counts = getattr(value_fn, "counts", None)
         if counts is not None:
@@ -424,11 +450,11 @@ class Explainer:
                 {"answer": value_fn.columns[c], "share": counts[c] / total}
                 for c in self._visible_columns(value_fn)
             ]
-        full, empty = float(_as_row(full_value)[0]), float(_as_row(empty_value)[0])
+        full, empty = float(run.full_value[0]), float(run.empty_value[0])
         return Explanation(
-            answer=answer_event.answer, levels=levels, stats=stats, value_function=value_name, mode=mode,
+            answer=run.answer_event.answer, levels=levels, stats=stats, value_function=run.value_name, mode=run.mode,
             total_effect=full - empty, full_value=full, empty_value=empty,
-            label_probabilities=answer_event.label_probabilities, answers=answers,
+            label_probabilities=run.answer_event.label_probabilities, answers=answers,
         )
 
 
