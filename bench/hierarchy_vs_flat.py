@@ -54,9 +54,9 @@ class CostingScorer(ModelScorer):
     def _last_logprobs(self, rows: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
         shared = self._shared_prefix(rows, keep)
         self.batches.append(([list(row) for row in rows], keep))
-        self.stats.forward_passes += 1 + bool(shared)
-        self.stats.forward_tokens += shared + sum(len(row) - shared for row in rows)
-        self.stats.reused_tokens += shared * (len(rows) - 1)
+        if shared:
+            self._count_prefix(len(rows), shared)
+        self._count_pass(sum(len(row) - shared for row in rows))
         return torch.zeros((len(rows), keep, self.head.weight.shape[0]))
 
     @torch.inference_mode()

@@ -195,10 +195,19 @@ class ModelScorer:
         prefix = torch.tensor([list(rows[0][:shared])], dtype=torch.long, device=self.device)
         cache = self.backbone(input_ids=prefix, use_cache=True).past_key_values
         cache.batch_repeat_interleave(len(rows))
+        self._count_prefix(len(rows), shared)
+        return cache
+
+    def _count_prefix(self, rows: int, shared: int) -> None:
+        """One pass over a shared prefix, whose tokens the other rows then reuse."""
         self.stats.forward_passes += 1
         self.stats.forward_tokens += shared
-        self.stats.reused_tokens += shared * (len(rows) - 1)
-        return cache
+        self.stats.reused_tokens += shared * (rows - 1)
+
+    def _count_pass(self, tokens: int) -> None:
+        """One batched pass forwarding `tokens` non-pad tokens."""
+        self.stats.forward_passes += 1
+        self.stats.forward_tokens += tokens
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.head(hidden).float()
@@ -256,8 +265,7 @@ class ModelScorer:
             ids[r, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
             mask[r, : shared + len(suffix)] = 1
         positions = torch.arange(shared, shared + width, device=self.device).expand(len(rows), width)
-        self.stats.forward_passes += 1
-        self.stats.forward_tokens += sum(len(suffix) for suffix in suffixes)
+        self._count_pass(sum(len(suffix) for suffix in suffixes))
         hidden = self.backbone(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
         ).last_hidden_state
@@ -310,8 +318,7 @@ class ModelScorer:
         dtype = next(self.model.parameters()).dtype if next(self.model.parameters()).is_floating_point() else torch.float32
         positions, full, sliding = tree_masks([len(r) for r in rows], shared, width, tree, self.sliding_window, dtype, self.device)
         mask = {"full_attention": full, "sliding_attention": sliding} if sliding is not None else full
-        self.stats.forward_passes += 1
-        self.stats.forward_tokens += sum(len(row) - shared for row in rows) + tree.size * len(rows)
+        self._count_pass(sum(len(row) - shared for row in rows) + tree.size * len(rows))
         hidden = self.backbone(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
         ).last_hidden_state
@@ -351,8 +358,7 @@ class ModelScorer:
         positions = shared + (mask.cumsum(dim=1) - 1).clamp(min=0)
         if shared:
             mask = torch.cat([torch.ones((len(rows), shared), dtype=mask.dtype, device=self.device), mask], dim=1)
-        self.stats.forward_passes += 1
-        self.stats.forward_tokens += int(mask[:, shared:].sum())
+        self._count_pass(int(mask[:, shared:].sum()))
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
         answers: list[list[int]] = [[] for _ in rows]
         done = torch.tensor([limit <= 0 for limit in limits], dtype=torch.bool, device=self.device)
