@@ -41,6 +41,8 @@ DEFAULT_MAX_EXPANDED = {"document": 3, "sentence": 4, "word": 8, "token": 8}
 VISIBLE_ANSWER_SHARE = 0.01
 """Answers decoded in under 1% of coalitions are hidden, as in TextGenSHAP."""
 PROGRESS_INTERVAL_S = 0.5
+MAX_NEW_TOKENS = 512
+"""Longest greedy answer a request may ask for."""
 
 
 def _documents(documents: Sequence) -> list[Document]:
@@ -292,8 +294,8 @@ class Explainer:
             raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
         if target_stderr is not None and (not isinstance(target_stderr, (int, float)) or not np.isfinite(target_stderr) or target_stderr <= 0):
             raise ValueError(f"target_stderr: must be a positive number, got {target_stderr!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 512:
-            raise ValueError(f"max_new_tokens: must be an integer in 1..512, got {max_new_tokens!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens: must be an integer in 1..{MAX_NEW_TOKENS}, got {max_new_tokens!r}")
 
     def _qa_target(self, full_prompt: str, target: str | None, max_new_tokens: int) -> tuple[Target, AnswerEvent]:
         if target is not None:

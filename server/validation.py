@@ -13,12 +13,11 @@ import grpc
 
 from client.wire import pb
 from hierarchy.estimators import ESTIMATORS
+from hierarchy.explainer import MAX_NEW_TOKENS
 from hierarchy.segmentation import LEVELS
 from hierarchy.subgames import MODES
 from hierarchy.values import VALUE_FUNCTIONS
 from server.config import Limits
-
-MAX_NEW_TOKENS = 512
 
 
 class RequestError(Exception):
