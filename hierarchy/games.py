@@ -50,12 +50,16 @@ def as_2d(values: np.ndarray, rows: int) -> np.ndarray:
     return array
 
 
+def pad_to(block: np.ndarray, width: int) -> np.ndarray:
+    """Zero-fill the last axis to `width`: columns discovered later are zero for earlier rows."""
+    missing = width - block.shape[-1]
+    return np.pad(block, [(0, 0)] * (block.ndim - 1) + [(0, missing)]) if missing > 0 else block
+
+
 def pad_columns(blocks: Sequence[np.ndarray]) -> np.ndarray:
     """Stack 2-D blocks whose column counts grew over time, zero-filling the missing columns."""
     width = max((block.shape[1] for block in blocks), default=1)
-    if blocks and all(block.shape[1] == width for block in blocks):
-        return np.vstack(blocks)
-    return np.vstack([np.pad(block, ((0, 0), (0, width - block.shape[1]))) for block in blocks]) if blocks else np.zeros((0, width))
+    return np.vstack([pad_to(block, width) for block in blocks]) if blocks else np.zeros((0, width))
 
 
 @dataclass

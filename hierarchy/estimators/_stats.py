@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from hierarchy.estimators.base import Progress, ProgressCallback
-from hierarchy.games import Context, MemoisedGame
+from hierarchy.games import Context, MemoisedGame, pad_to
 
 MIN_GROUPS = 4
 """Sample groups required before `target_stderr` may stop sampling: fewer give unreliable variances."""
@@ -40,12 +40,6 @@ def max_groups(budget: int, cost: int) -> int:
     exhaust the budget; the cap ends sampling there after a few times the nominal count.
     """
     return max(1, GROUP_SLACK * budget // cost)
-
-
-def pad_to(block: np.ndarray, width: int) -> np.ndarray:
-    """Zero-fill the last axis to `width`: columns discovered later are zero for earlier rows."""
-    missing = width - block.shape[-1]
-    return np.pad(block, [(0, 0)] * (block.ndim - 1) + [(0, missing)]) if missing > 0 else block
 
 
 def stack_padded(samples: Sequence[np.ndarray]) -> np.ndarray:
