@@ -18,13 +18,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[test,quantization]"
 	touch $(STAMP)
 
-install: $(STAMP) proto
+install: $(STAMP)
 
+# Regenerate the committed gRPC modules after editing proto/longshap/v1/*.proto.
 proto: $(STAMP)
-	@if [ -f proto/build.py ]; then $(BIN)/python proto/build.py; fi
+	$(BIN)/python proto/build.py
 
 demo: install
-	$(BIN)/python -m client.demo
+	$(BIN)/python -m longshap.client.demo
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

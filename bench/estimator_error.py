@@ -15,8 +15,8 @@ from itertools import permutations
 
 import numpy as np
 
-from hierarchy.estimators import estimate
-from hierarchy.estimators._stats import all_coalitions
+from longshap.hierarchy.estimators import estimate
+from longshap.hierarchy.estimators._stats import all_coalitions
 
 N_PLAYERS = 10
 

@@ -32,10 +32,10 @@ from typing import Sequence
 import torch
 
 from bench.common import parser, print_table, write_json
-from hierarchy import Explainer
-from hierarchy.data import NQPrompt, load_nq, nq_prompt
-from hierarchy.results import Explanation, Feature
-from hierarchy.scorer import ModelScorer
+from longshap.hierarchy import Explainer
+from longshap.hierarchy.data import NQPrompt, load_nq, nq_prompt
+from longshap.hierarchy.results import Explanation, Feature
+from longshap.hierarchy.scorer import ModelScorer
 
 DISTRACTORS = 9
 PERMUTATIONS = 2

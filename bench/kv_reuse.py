@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 from bench.common import parser, print_table, write_json
-from hierarchy import Explainer
-from hierarchy.data import load_nq, nq_prompt
+from longshap.hierarchy import Explainer
+from longshap.hierarchy.data import load_nq, nq_prompt
 
 
 def run(explainer: Explainer, prompt, budget: int, reuse: bool, mode: str):

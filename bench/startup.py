@@ -13,12 +13,12 @@ import subprocess
 import sys
 
 from bench.common import parser, print_table, write_json
-from hierarchy.models import DEFAULT_MODEL, cache_root
+from longshap.hierarchy.models import DEFAULT_MODEL, cache_root
 
 CHILD = """
 import json, time
 started = time.perf_counter()
-from hierarchy import Explainer
+from longshap.hierarchy import Explainer
 imported = time.perf_counter()
 Explainer.from_pretrained()
 print(json.dumps({"import": imported - started, "load": time.perf_counter() - imported}))

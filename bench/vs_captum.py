@@ -38,13 +38,13 @@ import torch
 from captum.attr import FeatureAblation, LLMAttribution, ShapleyValueSampling, TextTemplateInput
 
 from bench.common import parser, print_table, write_json
-from hierarchy import Explainer
-from hierarchy.data import load_sst2
-from hierarchy.estimators import estimate
-from hierarchy.metrics import aopc
-from hierarchy.prompt import ClassificationPrompt
-from hierarchy.segmentation import ROOT, FeatureTree
-from hierarchy.values.label import label_token_ids
+from longshap.hierarchy import Explainer
+from longshap.hierarchy.data import load_sst2
+from longshap.hierarchy.estimators import estimate
+from longshap.hierarchy.metrics import aopc
+from longshap.hierarchy.prompt import ClassificationPrompt
+from longshap.hierarchy.segmentation import ROOT, FeatureTree
+from longshap.hierarchy.values.label import label_token_ids
 
 LABELS = ["negative", "positive"]
 MAX_WORDS = 12

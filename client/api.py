@@ -4,7 +4,7 @@
         for event in client.explain(question="...", documents=[{"title": "", "text": "..."}], budget=60):
             print(event.WhichOneof("event"))
 
-Events are `longshap.v1.ExplainEvent` messages; `client.wire.collect(events)` turns a
+Events are `longshap.v1.ExplainEvent` messages; `longshap.proto.wire.collect(events)` turns a
 stream into the engine's Explanation JSON.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Iterator, Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.wire import SERVICE_NAME, pb, pb_grpc
+from longshap.proto.wire import SERVICE_NAME, pb, pb_grpc
 
 LEVEL_NAMES = ("document", "sentence", "word", "token")
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
 import grpc
-from client.api import LongShapClient, LongShapError, explain_request, rerank_request
-from client.render import html_report, terminal_level, terminal_view
-from client.wire import event_to_proto, pb
+from longshap.client.api import LongShapClient, LongShapError, explain_request, rerank_request
+from longshap.client.render import html_report, terminal_level, terminal_view
+from longshap.proto.wire import event_to_proto, pb
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -124,7 +124,7 @@ def _client(args: argparse.Namespace) -> LongShapClient:
 
 
 def _local_explainer(args: argparse.Namespace):
-    from hierarchy import Explainer
+    from longshap.hierarchy import Explainer
 
     try:
         return Explainer.from_pretrained(args.model or None)
@@ -143,8 +143,8 @@ def _engine_errors() -> Iterator[None]:
 
 def _local_arguments(check: Callable, request) -> tuple:
     """Validate a request exactly as the server does, without the server's operator limits."""
-    from server.config import Limits
-    from server.validation import RequestError
+    from longshap.server.config import Limits
+    from longshap.server.validation import RequestError
 
     unlimited = Limits(max_documents=10**6, max_characters=10**9, max_budget=10**9, max_candidates=10**4)
     try:
@@ -155,7 +155,7 @@ def _local_arguments(check: Callable, request) -> tuple:
 
 def local_events(args: argparse.Namespace, request: pb.ExplainRequest, on_progress: Callable[[pb.ExplainEvent], None]) -> Iterator[pb.ExplainEvent]:
     """Run the engine in-process, converted to the same events a server streams."""
-    from server.validation import explain_arguments
+    from longshap.server.validation import explain_arguments
 
     arguments = _local_arguments(explain_arguments, request)
     explainer = _local_explainer(args)
@@ -224,8 +224,8 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     documents = read_documents(args.doc, args.docs_jsonl)
     request = rerank_request(args.question, documents, args.candidate, args.model or "", args.budget, args.seed, args.method or "")
     if args.local:
-        from server.rerank import rerank
-        from server.validation import rerank_arguments
+        from longshap.server.rerank import rerank
+        from longshap.server.validation import rerank_arguments
 
         arguments, candidates = _local_arguments(rerank_arguments, request)
         explainer = _local_explainer(args)
@@ -297,7 +297,7 @@ def _documents_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longshap", description="Hierarchical Shapley explanations of LLM answers.")
     commands = parser.add_subparsers(dest="command", required=True)
-    from server.app import build_parser as serve_parser
+    from longshap.server.app import build_parser as serve_parser
 
     serve_parser(commands.add_parser("serve", help="run the gRPC server"))
     explain = commands.add_parser("explain", help="explain an answer to a question over documents")
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        from server.app import main as serve
+        from longshap.server.app import main as serve
 
         return serve(args=args)
     try:

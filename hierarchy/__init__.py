@@ -3,9 +3,31 @@
 Three independent axes, each its own module: what a feature is (`segmentation`),
 what a coalition is worth (`values` over the batched `scorer`), and how coalitions
 are chosen (`estimators`). `explainer` walks the hierarchy.
-"""
-from hierarchy.estimators import Estimate, estimate
-from hierarchy.explainer import Explainer
-from hierarchy.results import Explanation
 
-__all__ = ["Estimate", "Explainer", "Explanation", "estimate"]
+Names are imported on first use, and torch only once a model is loaded, so
+`import longshap.hierarchy` (and the CLI's --help) stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Estimate": "longshap.hierarchy.estimators",
+    "estimate": "longshap.hierarchy.estimators",
+    "Explainer": "longshap.hierarchy.explainer",
+    "Explanation": "longshap.hierarchy.results",
+}
+
+if TYPE_CHECKING:
+    from longshap.hierarchy.estimators import Estimate, estimate
+    from longshap.hierarchy.explainer import Explainer
+    from longshap.hierarchy.results import Explanation
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from hierarchy.estimators import Progress, default_budget, get_estimator
-from hierarchy.games import MemoisedGame, pad_columns
-from hierarchy.models import LoadedModel, load_model
-from hierarchy.prompt import ClassificationPrompt, QAPrompt
-from hierarchy.results import (
+from longshap.hierarchy.estimators import Progress, default_budget, get_estimator
+from longshap.hierarchy.games import MemoisedGame, pad_columns
+from longshap.hierarchy.prompt import ClassificationPrompt, QAPrompt
+from longshap.hierarchy.results import (
     AnswerEvent,
     DoneEvent,
     Explanation,
@@ -28,11 +27,13 @@ from hierarchy.results import (
     LevelStartEvent,
     ProgressEvent,
 )
-from hierarchy.scorer import ModelScorer
-from hierarchy.segmentation import LEVELS, ROOT, Document, FeatureTree
-from hierarchy.subgames import MODES, RequestGame, UnitGame
-from hierarchy.values import Target, ValueFunction, build_value_function
-from hierarchy.values.label import label_token_ids, normalised_label_logprobs
+from longshap.hierarchy.segmentation import LEVELS, ROOT, Document, FeatureTree
+from longshap.hierarchy.subgames import MODES, RequestGame, UnitGame
+from longshap.hierarchy.values import Target, ValueFunction, build_value_function
+from longshap.hierarchy.values.label import label_token_ids, normalised_label_logprobs
+
+if TYPE_CHECKING:  # models and scorer import torch: only once a model is needed
+    from longshap.hierarchy.models import LoadedModel
 
 QA_LEVELS = ("document", "sentence", "word")
 CLASSIFICATION_LEVELS = ("word",)
@@ -139,6 +140,8 @@ class Explainer:
     """Hierarchical Shapley explanations of a causal LM's answer."""
 
     def __init__(self, loaded: LoadedModel, max_batch_tokens: int = 4096, draft: LoadedModel | None = None) -> None:
+        from longshap.hierarchy.scorer import ModelScorer
+
         self.loaded = loaded
         self.scorer = ModelScorer(loaded, max_batch_tokens=max_batch_tokens, draft=draft)
 
@@ -152,6 +155,8 @@ class Explainer:
         be decoded; `load_options` go to `hierarchy.models.load_model` (device, dtype,
         quantization, attn_implementation).
         """
+        from longshap.hierarchy.models import load_model
+
         draft = load_model(draft_model, **load_options) if draft_model is not None else None
         return cls(load_model(model, **load_options), max_batch_tokens=max_batch_tokens, draft=draft)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection
 
-from hierarchy.segmentation import Document, FeatureTree, covers_text, render_document
+from longshap.hierarchy.segmentation import Document, FeatureTree, covers_text, render_document
 
 DEFAULT_QA_INSTRUCTION = "Answer the question using the documents. Answer with a short phrase."
 DEFAULT_CLASSIFICATION_INSTRUCTION = "Classify the text as one of: {labels}."

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from hierarchy.models import LoadedModel
-from hierarchy.speculative import AnswerTree, tree_masks, walk
+from longshap.hierarchy.models import LoadedModel
+from longshap.hierarchy.speculative import AnswerTree, tree_masks, walk
 
 log = logging.getLogger(__name__)
-from hierarchy.errors import Cancelled
+from longshap.hierarchy.errors import Cancelled
 
 
 @dataclass

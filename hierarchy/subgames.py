@@ -18,9 +18,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from hierarchy.errors import Cancelled
-from hierarchy.games import Context, as_2d, pad_columns
-from hierarchy.segmentation import ROOT, FeatureTree
+from longshap.hierarchy.errors import Cancelled
+from longshap.hierarchy.games import Context, as_2d, pad_columns
+from longshap.hierarchy.segmentation import ROOT, FeatureTree
 
 Absent = frozenset[str]
 MODES = ("owen", "local")

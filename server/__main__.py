@@ -1,6 +1,6 @@
 """`python -m server` is `longshap serve`."""
 import sys
 
-from server.app import main
+from longshap.server.app import main
 
 sys.exit(main())

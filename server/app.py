@@ -21,13 +21,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from client.wire import SERVICE_NAME, pb_grpc
-from server import logs
-from server.auth import BearerTokenInterceptor
-from server.config import DEFAULT_MODEL, Limits, ServerConfig, parse_model_spec
+from longshap.proto.wire import SERVICE_NAME, pb_grpc
+from longshap.server import logs
+from longshap.server.auth import BearerTokenInterceptor
+from longshap.server.config import DEFAULT_MODEL, Limits, ServerConfig, parse_model_spec
 
 if TYPE_CHECKING:
-    from server.service import ExplainerService
+    from longshap.server.service import ExplainerService
 
 log = logging.getLogger("longshap.server")
 
@@ -48,7 +48,7 @@ class RunningServer:
 
 def load_explainers(specs: Sequence[str]) -> dict:
     """Load every configured model once (the first is the default)."""
-    from hierarchy import Explainer
+    from longshap.hierarchy import Explainer
 
     explainers = {}
     for spec in specs:
@@ -62,7 +62,7 @@ def load_explainers(specs: Sequence[str]) -> dict:
 
 async def start_server(config: ServerConfig, explainers: Mapping) -> RunningServer:
     """Start serving `explainers` (name -> Explainer; the first is the default) and return the bound server."""
-    from server.service import ExplainerService  # imports the engine (torch): only when serving
+    from longshap.server.service import ExplainerService  # imports the engine (torch): only when serving
 
     if not explainers:
         raise ValueError("at least one model must be served")

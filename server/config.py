@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.wire import pb
+from longshap.proto.wire import pb
 
 DEFAULT_MODEL = "gemma-3-270m"  # hierarchy.models.DEFAULT_MODEL, without importing torch for --help
 

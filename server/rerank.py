@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from client.wire import pb, summary_proto
-from hierarchy import Explainer
+from longshap.proto.wire import pb, summary_proto
+from longshap.hierarchy import Explainer
 
 
 def rerank(explainer: Explainer, arguments: dict, candidates: list[str], should_stop: Callable[[], bool] | None = None) -> pb.RerankResponse:

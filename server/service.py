@@ -12,13 +12,13 @@ from typing import AsyncIterator, Callable, Mapping
 
 import grpc
 
-from client.wire import event_to_proto, pb, pb_grpc
-from hierarchy import Explainer
-from hierarchy.errors import Cancelled
-from server.config import Limits
-from server.rerank import rerank
-from server.validation import RequestError, explain_arguments, rerank_arguments, resolve_model
-from server.worker import QueueFull, Worker
+from longshap.proto.wire import event_to_proto, pb, pb_grpc
+from longshap.hierarchy import Explainer
+from longshap.hierarchy.errors import Cancelled
+from longshap.server.config import Limits
+from longshap.server.rerank import rerank
+from longshap.server.validation import RequestError, explain_arguments, rerank_arguments, resolve_model
+from longshap.server.worker import QueueFull, Worker
 
 log = logging.getLogger("longshap.request")
 _END = object()

@@ -11,13 +11,13 @@ from typing import Mapping
 
 import grpc
 
-from client.wire import pb
-from hierarchy.estimators import ESTIMATORS
-from hierarchy.explainer import MAX_NEW_TOKENS
-from hierarchy.segmentation import LEVELS
-from hierarchy.subgames import MODES
-from hierarchy.values import VALUE_FUNCTIONS
-from server.config import Limits
+from longshap.proto.wire import pb
+from longshap.hierarchy.estimators import ESTIMATORS
+from longshap.hierarchy.explainer import MAX_NEW_TOKENS
+from longshap.hierarchy.segmentation import LEVELS
+from longshap.hierarchy.subgames import MODES
+from longshap.hierarchy.values import VALUE_FUNCTIONS
+from longshap.server.config import Limits
 
 
 class RequestError(Exception):

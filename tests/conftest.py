@@ -25,7 +25,7 @@ def tiny_gemma_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_explainer(tiny_llama_dir):
-    from hierarchy import Explainer
+    from longshap.hierarchy import Explainer
 
     return Explainer.from_pretrained(str(tiny_llama_dir))
 
@@ -33,6 +33,6 @@ def tiny_explainer(tiny_llama_dir):
 @pytest.fixture(scope="session")
 def default_explainer():
     """The real embedded default model (Gemma 3 270M); cached after its first load."""
-    from hierarchy import Explainer
+    from longshap.hierarchy import Explainer
 
     return Explainer.from_pretrained()

@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from hierarchy.estimators.base import Progress, ProgressCallback
-from hierarchy.games import Context, MemoisedGame, pad_to
+from longshap.hierarchy.estimators.base import Progress, ProgressCallback
+from longshap.hierarchy.games import Context, MemoisedGame, pad_to
 
 MIN_GROUPS = 4
 """Sample groups required before `target_stderr` may stop sampling: fewer give unreliable variances."""

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierarchy.estimators._stats import check_inputs, done, growing_batch, max_groups, report
-from hierarchy.estimators.base import Estimate, ProgressCallback, register
-from hierarchy.games import MemoisedGame, pad_columns
+from longshap.hierarchy.estimators._stats import check_inputs, done, growing_batch, max_groups, report
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register
+from longshap.hierarchy.games import MemoisedGame, pad_columns
 
 
 def _side_moments(members: np.ndarray, centred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,8 +13,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from hierarchy.games import FunctionGame, Game, MemoisedGame
-from hierarchy.registry import Registry
+from longshap.hierarchy.games import FunctionGame, Game, MemoisedGame
+from longshap.hierarchy.registry import Registry
 
 
 @dataclass

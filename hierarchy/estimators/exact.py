@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierarchy.estimators._stats import all_coalitions, average_over_contexts, check_inputs, shapley_from_table
-from hierarchy.estimators.base import Estimate, ProgressCallback, register
-from hierarchy.games import Context, MemoisedGame
+from longshap.hierarchy.estimators._stats import all_coalitions, average_over_contexts, check_inputs, shapley_from_table
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register
+from longshap.hierarchy.games import Context, MemoisedGame
 
 MAX_PLAYERS = 16
 

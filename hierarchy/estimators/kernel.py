@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierarchy.estimators._stats import average_over_contexts, check_inputs, done, growing_batch, max_groups, report
-from hierarchy.estimators.base import Estimate, ProgressCallback, register
-from hierarchy.games import Context, MemoisedGame, pad_columns
+from longshap.hierarchy.estimators._stats import average_over_contexts, check_inputs, done, growing_batch, max_groups, report
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register
+from longshap.hierarchy.games import Context, MemoisedGame, pad_columns
 
 GROUP_PAIRS = 4
 """Pairs sharing one outer context; each context also costs v(empty) and v(N)."""

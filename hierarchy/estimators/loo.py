@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierarchy.estimators._stats import average_over_contexts, check_inputs
-from hierarchy.estimators.base import Estimate, ProgressCallback, register
-from hierarchy.games import Context, MemoisedGame
+from longshap.hierarchy.estimators._stats import average_over_contexts, check_inputs
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register
+from longshap.hierarchy.games import Context, MemoisedGame
 
 
 @register("loo")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierarchy.estimators._stats import MIN_GROUPS, RunningMoments, check_inputs, done, max_groups, report
-from hierarchy.estimators.base import Estimate, ProgressCallback, register
-from hierarchy.games import MemoisedGame
+from longshap.hierarchy.estimators._stats import MIN_GROUPS, RunningMoments, check_inputs, done, max_groups, report
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register
+from longshap.hierarchy.games import MemoisedGame
 
 
 def _marginals(chain: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -7,13 +7,14 @@ kept in a prefix tree and verified in one forward pass (hierarchy.speculative).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from hierarchy.scorer import ModelScorer
-from hierarchy.speculative import AnswerTree
-from hierarchy.values.base import Target, register
+from longshap.hierarchy.values.base import Target, register
+
+if TYPE_CHECKING:  # the scorer imports torch; values are light until a model is loaded
+    from longshap.hierarchy.scorer import ModelScorer
 
 
 def normalise_answer(text: str) -> str:
@@ -26,6 +27,8 @@ class AnswerDistribution:
     def __init__(self, scorer: ModelScorer, target: Target) -> None:
         self.scorer = scorer
         self.max_new_tokens = target.max_new_tokens
+        from longshap.hierarchy.speculative import AnswerTree
+
         self.tree = AnswerTree() if target.speculative else None
         self.columns: list[str] = []
         self._index: dict[str, int] = {}

@@ -7,12 +7,14 @@ the API name value functions ("logprob", "probability", "label", "answers").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
-from hierarchy.registry import Registry
-from hierarchy.scorer import ModelScorer
+from longshap.hierarchy.registry import Registry
+
+if TYPE_CHECKING:  # the scorer imports torch; values are light until a model is loaded
+    from longshap.hierarchy.scorer import ModelScorer
 
 
 class ValueFunction(Protocol):
@@ -36,7 +38,7 @@ class Target:
     """Verify already-seen answers in one pass instead of decoding them again."""
 
 
-ValueFactory = Callable[[ModelScorer, Target], ValueFunction]
+ValueFactory = Callable[["ModelScorer", Target], ValueFunction]
 VALUE_FUNCTIONS: Registry[ValueFactory] = Registry("value function")
 register = VALUE_FUNCTIONS.register
 

@@ -6,12 +6,14 @@ generated something else.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from hierarchy.scorer import ModelScorer
-from hierarchy.values.base import Target, register
+from longshap.hierarchy.values.base import Target, register
+
+if TYPE_CHECKING:  # the scorer imports torch; values are light until a model is loaded
+    from longshap.hierarchy.scorer import ModelScorer
 
 
 def label_token_ids(scorer: ModelScorer, full_prompt: str, labels: Sequence[str]) -> list[list[int]]:

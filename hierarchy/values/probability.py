@@ -5,8 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
-from hierarchy.values.base import register
-from hierarchy.values.logprob import TargetLogProb
+from longshap.hierarchy.values.base import register
+from longshap.hierarchy.values.logprob import TargetLogProb
 
 
 @register("probability")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from client.cli import main
+from longshap.client.cli import main
 from serving import DOCUMENTS, QUESTION
 
 

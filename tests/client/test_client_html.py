@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from client.cli import main
+from longshap.client.cli import main
 from serving import DOCUMENTS, QUESTION
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import io
 
-from client.api import LongShapClient
-from client.cli import LiveView, progress_bar
-from client.wire import collect, event_to_proto
+from longshap.client.api import LongShapClient
+from longshap.client.cli import LiveView, progress_bar
+from longshap.proto.wire import collect, event_to_proto
 from serving import DOCUMENTS, QUESTION, wait_until
 
 

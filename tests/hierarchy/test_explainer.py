@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from hierarchy.data import load_nq, nq_prompt
-from hierarchy.explainer import Explainer
-from hierarchy.errors import Cancelled
+from longshap.hierarchy.data import load_nq, nq_prompt
+from longshap.hierarchy.explainer import Explainer
+from longshap.hierarchy.errors import Cancelled
 
 DOCUMENTS = [
     {"title": "Paris", "text": "Paris is the capital of France. It lies on the Seine. Dr. Smith lives there."},
@@ -196,7 +196,7 @@ def test_default_model_finds_the_gold_passage(default_explainer):
 
 
 def test_probability_function_feeds_the_metrics(tiny_explainer):
-    from hierarchy import metrics
+    from longshap.hierarchy import metrics
 
     text = "a charming and often affecting journey"
     request = {"text": text, "labels": ["negative", "positive"]}

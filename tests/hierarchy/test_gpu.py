@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from hierarchy.models import load_model
-from hierarchy.scorer import ModelScorer
-from hierarchy.speculative import AnswerTree
+from longshap.hierarchy.models import load_model
+from longshap.hierarchy.scorer import ModelScorer
+from longshap.hierarchy.speculative import AnswerTree
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 PROMPTS = [f"Document: Paris is the capital of France ({i}).\nQuestion: What is the capital of France?\nAnswer:" for i in range(6)]

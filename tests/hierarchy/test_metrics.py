@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from hierarchy.metrics import AOPC_FRACTIONS, aopc, comprehensiveness, deletion_curve, sufficiency, top_k_mask
+from longshap.hierarchy.metrics import AOPC_FRACTIONS, aopc, comprehensiveness, deletion_curve, sufficiency, top_k_mask
 
 WEIGHTS = np.array([2.0, -1.0, 0.5, 3.0, 0.0, -0.5, 1.0, 0.25, -2.0, 1.5])
 

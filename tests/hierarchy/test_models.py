@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hierarchy import models
-from hierarchy.models import DEFAULT_MODEL, attention_implementation, load_model, resolve_model_dir
-from hierarchy.scorer import ModelScorer
+from longshap.hierarchy import models
+from longshap.hierarchy.models import DEFAULT_MODEL, attention_implementation, load_model, resolve_model_dir
+from longshap.hierarchy.scorer import ModelScorer
 from tiny_models import build_tokenizer
 
 PROMPTS = ["Paris is the capital of", "Question: What is the capital of France?\nAnswer:"]
@@ -57,11 +57,11 @@ def test_unknown_dtype_and_quantization(tmp_path):
 
 
 def test_flash_attention_falls_back_to_sdpa_on_cpu(caplog):
-    with caplog.at_level(logging.WARNING, logger="hierarchy.models"):
+    with caplog.at_level(logging.WARNING, logger="longshap.hierarchy.models"):
         assert attention_implementation("flash_attention_2", "cpu") == "sdpa"
     assert any("flash_attention_2 needs a CUDA device" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hierarchy.models"):
+    with caplog.at_level(logging.WARNING, logger="longshap.hierarchy.models"):
         assert attention_implementation("auto", "cpu") == "sdpa"
         assert attention_implementation(None, "cpu") == "sdpa"
         assert attention_implementation("eager", "cpu") == "eager"
@@ -73,7 +73,7 @@ def test_flash_attention_falls_back_to_sdpa_on_cpu(caplog):
 def test_flash_attention_without_flash_attn_on_cuda(monkeypatch, caplog):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
-    with caplog.at_level(logging.WARNING, logger="hierarchy.models"):
+    with caplog.at_level(logging.WARNING, logger="longshap.hierarchy.models"):
         assert attention_implementation("flash_attention_2", "cuda:0") == "sdpa"
         assert attention_implementation("auto", "cuda") == "sdpa"
     assert [r.getMessage() for r in caplog.records] == ["flash-attn is not installed (pip install 'longshap[gpu]'); using sdpa"]

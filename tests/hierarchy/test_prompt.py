@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from hierarchy.prompt import DEFAULT_QA_INSTRUCTION, ClassificationPrompt, QAPrompt
-from hierarchy.segmentation import ROOT, Document, FeatureTree
+from longshap.hierarchy.prompt import DEFAULT_QA_INSTRUCTION, ClassificationPrompt, QAPrompt
+from longshap.hierarchy.segmentation import ROOT, Document, FeatureTree
 
 DOCS = [
     Document("Paris is the capital of France. It is on the Seine.", "Paris"),

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from hierarchy.models import load_model
-from hierarchy.scorer import ModelScorer
-from hierarchy.errors import Cancelled
+from longshap.hierarchy.models import load_model
+from longshap.hierarchy.scorer import ModelScorer
+from longshap.hierarchy.errors import Cancelled
 
 PROMPTS = [
     "Paris",

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from hierarchy.models import load_model
-from hierarchy.scorer import ModelScorer
-from hierarchy.speculative import AnswerTree
+from longshap.hierarchy.models import load_model
+from longshap.hierarchy.scorer import ModelScorer
+from longshap.hierarchy.speculative import AnswerTree
 
 PROMPTS = [f"Document: The quick brown fox number {i} jumps over the lazy dog.\nAnswer:" for i in range(12)]
 

@@ -7,8 +7,8 @@ import warnings
 
 import pytest
 
-from hierarchy import segmentation
-from hierarchy.segmentation import (
+from longshap.hierarchy import segmentation
+from longshap.hierarchy.segmentation import (
     LEVELS,
     ROOT,
     Document,
@@ -192,7 +192,7 @@ def test_feature_tree_rejects_empty_documents(documents, field):
 
 
 def test_qa_prompt_rejects_whitespace_documents():
-    from hierarchy.prompt import QAPrompt
+    from longshap.hierarchy.prompt import QAPrompt
 
     with pytest.raises(ValueError, match=r"documents\[1\]\.text"):
         QAPrompt("q?", [Document("fine"), Document(" \t ")])

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from hierarchy.models import load_model
-from hierarchy.scorer import ModelScorer
-from hierarchy.speculative import AnswerTree, tree_masks, walk
+from longshap.hierarchy.models import load_model
+from longshap.hierarchy.scorer import ModelScorer
+from longshap.hierarchy.speculative import AnswerTree, tree_masks, walk
 from tiny_models import build_tiny_model_dir
 
 WORDS = (

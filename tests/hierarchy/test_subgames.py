@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from hierarchy.estimators import estimate
-from hierarchy.segmentation import ROOT, Document, FeatureTree
-from hierarchy.subgames import RequestGame, UnitGame
+from longshap.hierarchy.estimators import estimate
+from longshap.hierarchy.segmentation import ROOT, Document, FeatureTree
+from longshap.hierarchy.subgames import RequestGame, UnitGame
 
 DOCS = [
     Document("Alpha one two. Beta three four five.", "A"),

@@ -9,9 +9,9 @@ import time
 import grpc
 import pytest
 
-from client.wire import pb, pb_grpc
-from server.app import ServerConfig, ServerThread
-from server.config import Limits
+from longshap.proto.wire import pb, pb_grpc
+from longshap.server.app import ServerConfig, ServerThread
+from longshap.server.config import Limits
 
 LIMITS = Limits(max_documents=8, max_characters=5000, max_budget=10**6, max_candidates=4, queue_size=1)
 DOCUMENTS = [
@@ -50,7 +50,7 @@ def wait_until(condition, timeout: float) -> float:
 @pytest.fixture(scope="session")
 def tiny_server(tiny_llama_dir):
     """The tiny model served as 'tiny' with small limits and a one-slot queue."""
-    from hierarchy import Explainer
+    from longshap.hierarchy import Explainer
 
     server = ServerThread(ServerConfig(port=0, limits=LIMITS), {"tiny": Explainer.from_pretrained(str(tiny_llama_dir))})
     with server:

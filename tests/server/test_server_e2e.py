@@ -4,9 +4,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from client.wire import collect, pb, pb_grpc
+from longshap.proto.wire import collect, pb, pb_grpc
 from serving import DOCUMENTS, LIMITS, QUESTION, qa_request, quick_request
-from server.app import ServerConfig, ServerThread
+from longshap.server.app import ServerConfig, ServerThread
 
 
 def _kinds(events) -> list[str]:
@@ -86,7 +86,7 @@ def test_list_models_reports_models_and_limits(stub):
 
 
 def test_a_second_model_is_served_by_name(tiny_llama_dir, tiny_gemma_dir):
-    from hierarchy import Explainer
+    from longshap.hierarchy import Explainer
 
     explainers = {"llama": Explainer.from_pretrained(str(tiny_llama_dir)), "gemma": Explainer.from_pretrained(str(tiny_gemma_dir))}
     with ServerThread(ServerConfig(port=0), explainers) as server, grpc.insecure_channel(server.address) as channel:
@@ -103,7 +103,7 @@ def test_a_second_model_is_served_by_name(tiny_llama_dir, tiny_gemma_dir):
 @pytest.mark.slow
 def test_default_model_document_level_equals_the_engine(default_explainer):
     """The real embedded model, kept cheap: document level only, 3 passages, budget 6."""
-    from hierarchy.data import load_nq, nq_prompt
+    from longshap.hierarchy.data import load_nq, nq_prompt
 
     prompt = nq_prompt(load_nq(), 5, 2, seed=0)
     arguments = dict(question=prompt.question, documents=prompt.documents, levels=["document"], budget=6, seed=0, target=prompt.answers[0])

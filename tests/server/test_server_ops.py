@@ -21,10 +21,10 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from client.api import LongShapClient, LongShapError
-from client.wire import SERVICE_NAME, pb_grpc
-from server.app import ServerConfig, ServerThread
-from server.config import parse_model_spec
+from longshap.client.api import LongShapClient, LongShapError
+from longshap.proto.wire import SERVICE_NAME, pb_grpc
+from longshap.server.app import ServerConfig, ServerThread
+from longshap.server.config import parse_model_spec
 from serving import LIMITS, qa_request, quick_request, slow_request, wait_until
 
 TOKEN = "s3cret-token"
@@ -161,7 +161,7 @@ def test_shutdown_lets_a_stream_finish_within_the_grace(tiny_explainer):
 def test_longshap_serve_logs_json_requests_and_stops_on_sigterm(tiny_llama_dir, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    command = [sys.executable, "-m", "client.cli", "serve", "--model", f"tiny={tiny_llama_dir}", "--port", "0", "--token-file", str(token_file), "--grace", "1"]
+    command = [sys.executable, "-m", "longshap.client.cli", "serve", "--model", f"tiny={tiny_llama_dir}", "--port", "0", "--token-file", str(token_file), "--grace", "1"]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         entries = []
@@ -186,7 +186,7 @@ def test_longshap_serve_logs_json_requests_and_stops_on_sigterm(tiny_llama_dir, 
 
 
 def test_longshap_serve_refuses_bad_options():
-    result = subprocess.run([sys.executable, "-m", "client.cli", "serve", "--tls-cert", "x.pem"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "longshap.client.cli", "serve", "--tls-cert", "x.pem"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "--tls-cert and --tls-key go together" in result.stderr
 
 

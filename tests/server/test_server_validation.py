@@ -6,7 +6,7 @@ import math
 import grpc
 import pytest
 
-from client.wire import pb
+from longshap.proto.wire import pb
 from serving import LIMITS, qa_request, quick_request
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND

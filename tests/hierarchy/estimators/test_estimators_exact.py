@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hierarchy.estimators import estimate
+from longshap.hierarchy.estimators import estimate
 from synthetic_games import ContextGame, GrowingAnswers, Interaction, additive, reference_shapley, two_columns, voting
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hierarchy.estimators import ESTIMATORS, estimate, get_estimator
-from hierarchy.games import FunctionGame, MemoisedGame
+from longshap.hierarchy.estimators import ESTIMATORS, estimate, get_estimator
+from longshap.hierarchy.games import FunctionGame, MemoisedGame
 from synthetic_games import additive
 
 METHODS = ["exact", "permutation", "kernel", "banzhaf", "loo"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hierarchy.estimators import Progress, estimate, get_estimator
-from hierarchy.games import FunctionGame, MemoisedGame
+from longshap.hierarchy.estimators import Progress, estimate, get_estimator
+from longshap.hierarchy.games import FunctionGame, MemoisedGame
 from synthetic_games import Counting, GrowingAnswers, Interaction, additive, two_columns, voting
 
 SAMPLERS = ["permutation", "kernel", "banzhaf", "loo"]

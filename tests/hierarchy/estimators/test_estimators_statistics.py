@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hierarchy.estimators import estimate
+from longshap.hierarchy.estimators import estimate
 from synthetic_games import ContextGame, Interaction, reference_banzhaf
 
 CUBIC = Interaction(10, seed=7, cubic=0.3)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hierarchy.models import load_model
-from hierarchy.scorer import ModelScorer
-from hierarchy.values import VALUE_FUNCTIONS, Target, build_value_function
-from hierarchy.values.answers import AnswerDistribution, normalise_answer
-from hierarchy.values.label import label_token_ids, normalised_label_logprobs
+from longshap.hierarchy.models import load_model
+from longshap.hierarchy.scorer import ModelScorer
+from longshap.hierarchy.values import VALUE_FUNCTIONS, Target, build_value_function
+from longshap.hierarchy.values.answers import AnswerDistribution, normalise_answer
+from longshap.hierarchy.values.label import label_token_ids, normalised_label_logprobs
 
 FULL = "Question: What is the capital of France?\nAnswer:"
 PROMPTS = [FULL, "Paris is the capital of France.\n" + FULL, "Answer:"]

@@ -7,18 +7,10 @@ own JSON, so clients get exactly its schema.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-GENERATED = Path(__file__).resolve().parent.parent / "proto" / "gen"
-if GENERATED.is_dir() and str(GENERATED) not in sys.path:
-    sys.path.insert(0, str(GENERATED))
-try:
-    from longshap.v1 import explainer_pb2 as pb
-    from longshap.v1 import explainer_pb2_grpc as pb_grpc
-except ImportError as error:  # pragma: no cover - exercised only on a broken install
-    raise ImportError(f"the generated gRPC code is missing from {GENERATED}: run make install (or python proto/build.py)") from error
+from longshap.proto import explainer_pb2 as pb
+from longshap.proto import explainer_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
 STAT_FIELDS = ("evaluations", "coalitions", "forward_tokens", "reused_tokens", "forward_passes", "decode_steps", "wall_seconds")
