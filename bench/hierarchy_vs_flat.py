@@ -33,7 +33,7 @@ import torch
 
 from bench.common import parser, print_table, write_json
 from longshap.hierarchy import Explainer
-from longshap.hierarchy.data import NQPrompt, load_nq, nq_prompt
+from longshap.client.data import NQPrompt, load_nq, nq_prompt
 from longshap.hierarchy.results import Explanation, Feature
 from longshap.hierarchy.scorer import ModelScorer
 

@@ -13,7 +13,7 @@ import time
 
 from bench.common import parser, print_table, write_json
 from longshap.hierarchy import Explainer
-from longshap.hierarchy.data import load_nq, nq_prompt
+from longshap.client.data import load_nq, nq_prompt
 from longshap.hierarchy.models import load_model
 
 

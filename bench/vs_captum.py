@@ -39,7 +39,7 @@ from captum.attr import FeatureAblation, LLMAttribution, ShapleyValueSampling, T
 
 from bench.common import parser, print_table, write_json
 from longshap.hierarchy import Explainer
-from longshap.hierarchy.data import load_sst2
+from longshap.client.data import load_sst2
 from longshap.hierarchy.estimators import estimate
 from longshap.hierarchy.metrics import aopc
 from longshap.hierarchy.prompt import ClassificationPrompt

@@ -12,12 +12,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TextIO
 
 import grpc
 from longshap.client.api import LongShapClient, LongShapError, explain_request, rerank_request
 from longshap.client.render import html_report, terminal_level, terminal_view
-from longshap.proto.wire import event_to_proto, pb
+from longshap.proto.wire import event_to_proto, explain_options, pb, prompt_options, rerank_to_proto
+
+if TYPE_CHECKING:
+    from longshap.hierarchy import Explainer
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -123,7 +126,7 @@ def _client(args: argparse.Namespace) -> LongShapClient:
     return LongShapClient(args.server, token=token or None, tls_ca=tls_ca, timeout=args.timeout)
 
 
-def _local_explainer(args: argparse.Namespace):
+def _local_explainer(args: argparse.Namespace) -> Explainer:
     from longshap.hierarchy import Explainer
 
     try:
@@ -133,35 +136,25 @@ def _local_explainer(args: argparse.Namespace):
 
 
 @contextlib.contextmanager
-def _engine_errors() -> Iterator[None]:
-    """The in-process engine's ValueErrors, reported as a server would report them."""
+def _request_errors() -> Iterator[None]:
+    """The engine's request errors, reported as a server reports them (no operator limits apply locally)."""
+    from longshap.hierarchy.request import RequestError
+
     try:
         yield
-    except ValueError as error:
+    except RequestError as error:
         raise LongShapError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
 
 
-def _local_arguments(check: Callable, request) -> tuple:
-    """Validate a request exactly as the server does, without the server's operator limits."""
-    from longshap.server.config import Limits
-    from longshap.server.validation import RequestError
+def local_events(args: argparse.Namespace, message: pb.ExplainRequest, on_progress: Callable[[pb.ExplainEvent], None]) -> Iterator[pb.ExplainEvent]:
+    """Run the engine in-process under the same request rules, converted to the events a server streams."""
+    from longshap.hierarchy.request import ExplainRequest
 
-    unlimited = Limits(max_documents=10**6, max_characters=10**9, max_budget=10**9, max_candidates=10**4)
-    try:
-        return check(request, unlimited)
-    except RequestError as error:
-        raise LongShapError(error.code, error.message) from None
-
-
-def local_events(args: argparse.Namespace, request: pb.ExplainRequest, on_progress: Callable[[pb.ExplainEvent], None]) -> Iterator[pb.ExplainEvent]:
-    """Run the engine in-process, converted to the same events a server streams."""
-    from longshap.server.validation import explain_arguments
-
-    arguments = _local_arguments(explain_arguments, request)
+    with _request_errors():
+        request = ExplainRequest.build(**explain_options(message))
     explainer = _local_explainer(args)
-    with _engine_errors():
-        for event in explainer.explain_stream(**arguments, on_progress=lambda p: on_progress(event_to_proto(p))):
-            yield event_to_proto(event)
+    with _request_errors():
+        yield from (event_to_proto(e) for e in explainer.explain_stream(request, on_progress=lambda p: on_progress(event_to_proto(p))))
 
 
 # ---- commands -------------------------------------------------------------------------------------------
@@ -197,11 +190,28 @@ def _explain(args: argparse.Namespace, request: pb.ExplainRequest, documents: li
     return 0
 
 
+def per_level(kind: Callable[[str], float | int]) -> Callable[[str], float | int | dict]:
+    """argparse type: one number for every level, or LEVEL=NUMBER pairs separated by commas."""
+
+    def parse(text: str) -> float | int | dict:
+        try:
+            if "=" not in text:
+                return kind(text)
+            pairs = (item.split("=", 1) for item in text.split(","))
+            return {level.strip(): kind(number) for level, number in pairs}
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or LEVEL=NUMBER[,LEVEL=NUMBER...], got {text!r}") from None
+
+    return parse
+
+
 def _common_request(args: argparse.Namespace) -> dict:
     return dict(
         model=args.model or "", target=args.target, levels=args.levels.split(",") if args.levels else (),
-        thresholds=args.threshold, method=args.method or "", budget=args.budget, seed=args.seed,
-        value=args.value or "", instruction=args.instruction or "",
+        thresholds=args.threshold, max_expanded=args.max_expanded, method=args.method or "", budget=args.budget,
+        seed=args.seed, value=args.value or "", mode=args.mode or "", instruction=args.instruction or "",
+        placeholder=args.placeholder, target_stderr=args.target_stderr, max_new_tokens=args.max_new_tokens,
+        speculative=args.speculative,
     )
 
 
@@ -224,13 +234,14 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     documents = read_documents(args.doc, args.docs_jsonl)
     request = rerank_request(args.question, documents, args.candidate, args.model or "", args.budget, args.seed, args.method or "")
     if args.local:
-        from longshap.server.rerank import rerank
-        from longshap.server.validation import rerank_arguments
+        from longshap.hierarchy.rerank import rerank, rerank_request as engine_rerank_request
 
-        arguments, candidates = _local_arguments(rerank_arguments, request)
+        options = dict(prompt_options(request.prompt), method=request.method or None, budget=args.budget, seed=request.seed)
+        with _request_errors():
+            engine_request, candidates = engine_rerank_request(list(request.candidates), **options)
         explainer = _local_explainer(args)
-        with _engine_errors():
-            response = rerank(explainer, arguments, candidates)
+        with _request_errors():
+            response = rerank_to_proto(rerank(explainer, engine_request, candidates))
     else:
         with _client(args) as client:
             response = client.rerank(request)
@@ -261,6 +272,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 # ---- parser ---------------------------------------------------------------------------------------------
 
 
+def method_names() -> list[str]:
+    from longshap.hierarchy.request import method_names as names
+
+    return names()
+
+
 def _connection(parser: argparse.ArgumentParser, local: bool = True) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--server", default=os.environ.get("LONGSHAP_SERVER", DEFAULT_SERVER), help=f"HOST:PORT (default $LONGSHAP_SERVER or {DEFAULT_SERVER})")
@@ -276,11 +293,17 @@ def _explanation_options(parser: argparse.ArgumentParser) -> None:
     _connection(parser)
     parser.add_argument("--target", help="the answer/label to explain (default: the model's own)")
     parser.add_argument("--levels", help="comma-separated, coarse to fine, e.g. document,sentence,word")
-    parser.add_argument("--threshold", type=float, help="expansion threshold for every level")
-    parser.add_argument("--method", help="permutation | kernel | exact | banzhaf | loo")
+    parser.add_argument("--threshold", type=per_level(float), help="expansion threshold: one for every level, or e.g. document=0.2,sentence=0.1")
+    parser.add_argument("--max-expanded", type=per_level(int), help="most units expanded per level: one number, or e.g. document=2,sentence=4")
+    parser.add_argument("--method", help=f"estimator: {' | '.join(method_names())}")
     parser.add_argument("--budget", type=int, help="model evaluations per level")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--value", help="logprob | probability | answers | label")
+    parser.add_argument("--mode", help="owen (children add up to their parent, default) | local (everything outside the unit stays)")
+    parser.add_argument("--target-stderr", type=float, help="stop a level early once every standard error is below this")
+    parser.add_argument("--placeholder", help="replace removed units with this text instead of dropping them")
+    parser.add_argument("--max-new-tokens", type=int, help="longest greedy answer (default 20)")
+    parser.add_argument("--speculative", action="store_true", help="verify already-seen answers in one pass (value 'answers')")
     parser.add_argument("--instruction", help="replaces the default instruction")
     parser.add_argument("--json", action="store_true", help="print the explanation as the engine's JSON")
     parser.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")

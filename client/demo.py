@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from longshap.client.api import LongShapClient, LongShapError
-from longshap.hierarchy.data import load_nq, nq_prompt
+from longshap.client.data import load_nq, nq_prompt
 
 DEMO_ROW = 5  # "when did the angel of the north get built": Gemma 3 270M answers it from its passage
 ROOT = Path(__file__).resolve().parent.parent

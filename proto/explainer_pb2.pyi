@@ -35,7 +35,7 @@ class ClassificationPrompt(_message.Message):
     def __init__(self, instruction: _Optional[str] = ..., text: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "qa", "classification", "target", "levels", "thresholds", "max_expanded", "method", "budget", "seed", "value", "mode", "placeholder", "target_stderr", "max_new_tokens")
+    __slots__ = ("model", "qa", "classification", "target", "levels", "thresholds", "max_expanded", "method", "budget", "seed", "value", "mode", "placeholder", "target_stderr", "max_new_tokens", "speculative")
     class ThresholdsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class ExplainRequest(_message.Message):
     PLACEHOLDER_FIELD_NUMBER: _ClassVar[int]
     TARGET_STDERR_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     model: str
     qa: QAPrompt
     classification: ClassificationPrompt
@@ -80,7 +81,8 @@ class ExplainRequest(_message.Message):
     placeholder: str
     target_stderr: float
     max_new_tokens: int
-    def __init__(self, model: _Optional[str] = ..., qa: _Optional[_Union[QAPrompt, _Mapping]] = ..., classification: _Optional[_Union[ClassificationPrompt, _Mapping]] = ..., target: _Optional[str] = ..., levels: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., max_expanded: _Optional[_Mapping[str, int]] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., seed: _Optional[int] = ..., value: _Optional[str] = ..., mode: _Optional[str] = ..., placeholder: _Optional[str] = ..., target_stderr: _Optional[float] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    speculative: bool
+    def __init__(self, model: _Optional[str] = ..., qa: _Optional[_Union[QAPrompt, _Mapping]] = ..., classification: _Optional[_Union[ClassificationPrompt, _Mapping]] = ..., target: _Optional[str] = ..., levels: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., max_expanded: _Optional[_Mapping[str, int]] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., seed: _Optional[int] = ..., value: _Optional[str] = ..., mode: _Optional[str] = ..., placeholder: _Optional[str] = ..., target_stderr: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., speculative: _Optional[bool] = ...) -> None: ...
 
 class Feature(_message.Message):
     __slots__ = ("id", "parent", "text", "start", "end", "value", "stderr", "expanded", "doc", "title", "token_start", "token_end", "values_by_answer")

@@ -15,7 +15,41 @@ from longshap.proto import explainer_pb2_grpc as pb_grpc
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
 STAT_FIELDS = ("evaluations", "coalitions", "forward_tokens", "reused_tokens", "forward_passes", "decode_steps", "wall_seconds")
 
-__all__ = ["SERVICE_NAME", "collect", "event_to_proto", "pb", "pb_grpc", "summary_proto"]
+__all__ = ["SERVICE_NAME", "collect", "event_to_proto", "explain_options", "pb", "pb_grpc", "prompt_options", "rerank_to_proto", "summary_proto"]
+
+
+def prompt_options(prompt: pb.QAPrompt | pb.ClassificationPrompt) -> dict:
+    """A prompt message as the engine's keyword options (empty instruction means the default)."""
+    if isinstance(prompt, pb.ClassificationPrompt):
+        return {"text": prompt.text, "labels": list(prompt.labels), "instruction": prompt.instruction or None}
+    return {
+        "question": prompt.question,
+        "documents": [{"title": d.title, "text": d.text} for d in prompt.documents],
+        "instruction": prompt.instruction or None,
+    }
+
+
+def explain_options(request: pb.ExplainRequest) -> dict:
+    """An ExplainRequest as the engine's keyword options: unset fields become None, so the engine's defaults apply.
+
+    Pure conversion, no checks: the engine's request rules (longshap.hierarchy.request)
+    judge the result.
+    """
+    kind = request.WhichOneof("prompt")
+    options = prompt_options(getattr(request, kind)) if kind else {}
+    optional = ("target", "budget", "placeholder", "target_stderr", "max_new_tokens")
+    options.update({name: getattr(request, name) if request.HasField(name) else None for name in optional})
+    options.update(
+        levels=list(request.levels) or None,
+        thresholds=dict(request.thresholds) or None,
+        max_expanded=dict(request.max_expanded) or None,
+        method=request.method or None,
+        seed=request.seed,
+        value=request.value or None,
+        mode=request.mode or None,
+        speculative=request.speculative,
+    )
+    return options
 
 
 def _feature_to_proto(feature: Any) -> pb.Feature:
@@ -63,6 +97,18 @@ def event_to_proto(event: Any, request_id: str = "") -> pb.ExplainEvent:
             explanation_json=json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=True),
         ))
     raise TypeError(f"unknown engine event {event!r}")
+
+
+def rerank_to_proto(result: Any) -> pb.RerankResponse:
+    """The engine's Reranking (hierarchy.rerank) as its wire message."""
+    return pb.RerankResponse(
+        answers=[
+            pb.RankedAnswer(answer=a.answer, total_effect=a.total_effect, full_value=a.full_value, empty_value=a.empty_value)
+            for a in result.answers
+        ],
+        documents=[pb.RankedDocument(index=d.index, title=d.title, value=d.value, stderr=d.stderr) for d in result.documents],
+        summary=summary_proto(result.stats),
+    )
 
 
 def collect(events: Iterable[pb.ExplainEvent]) -> dict:

@@ -12,12 +12,13 @@ from typing import AsyncIterator, Callable, Mapping
 
 import grpc
 
-from longshap.proto.wire import event_to_proto, pb, pb_grpc
 from longshap.hierarchy import Explainer
 from longshap.hierarchy.errors import Cancelled
+from longshap.hierarchy.request import RequestError as EngineRequestError
+from longshap.hierarchy.rerank import rerank
+from longshap.proto.wire import event_to_proto, pb, pb_grpc, rerank_to_proto
 from longshap.server.config import Limits
-from longshap.server.rerank import rerank
-from longshap.server.validation import RequestError, explain_arguments, rerank_arguments, resolve_model
+from longshap.server.validation import RequestError, explain_request, rerank_arguments, resolve_model
 from longshap.server.worker import QueueFull, Worker
 
 log = logging.getLogger("longshap.request")
@@ -81,11 +82,11 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         _describe(record, getattr(request, kind) if kind else None, request.budget if request.HasField("budget") else None)
         async with self._outcome(context, record):
             record.model = resolve_model(request.model, self.explainers, self.default)
-            arguments = explain_arguments(request, self.limits)
+            engine_request = explain_request(request, self.limits)
             explainer = self.explainers[record.model]
 
             def job(emit: Callable, should_stop: Callable[[], bool]) -> None:
-                for event in explainer.explain_stream(**arguments, on_progress=emit, should_stop=should_stop):
+                for event in explainer.explain_stream(engine_request, on_progress=emit, should_stop=should_stop):
                     emit(event)
 
             async for event in self._run(job, context, record):
@@ -98,9 +99,13 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         _describe(record, request.prompt if request.HasField("prompt") else None, request.budget if request.HasField("budget") else None)
         async with self._outcome(context, record):
             record.model = resolve_model(request.model, self.explainers, self.default)
-            arguments, candidates = rerank_arguments(request, self.limits)
+            engine_request, candidates = rerank_arguments(request, self.limits)
             explainer = self.explainers[record.model]
-            (response,) = [r async for r in self._run(lambda emit, stop: emit(rerank(explainer, arguments, candidates, stop)), context, record)]
+
+            def job(emit: Callable, should_stop: Callable[[], bool]) -> None:
+                emit(rerank_to_proto(rerank(explainer, engine_request, candidates, should_stop)))
+
+            (response,) = [r async for r in self._run(job, context, record)]
             record.evaluations = response.summary.evaluations
             return response
 
@@ -155,7 +160,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         try:
             while (item := await queue.get()) is not _END:
                 if isinstance(item, _Failure):
-                    raise self._status(item.error, deadline)
+                    raise self._status(item.error, deadline, record.id)
                 yield item
         except asyncio.CancelledError:
             record.outcome = "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() > deadline else "CANCELLED"
@@ -164,12 +169,12 @@ class ExplainerService(pb_grpc.ExplainerServicer):
             stop.set()
 
     @staticmethod
-    def _status(error: BaseException, deadline: float | None) -> RequestError:
-        """Map a worker failure to the status the client sees."""
+    def _status(error: BaseException, deadline: float | None, request_id: str) -> RequestError:
+        """Map a worker failure to the status the client sees: only the request's own faults are INVALID_ARGUMENT."""
         if isinstance(error, Cancelled):
             expired = deadline is not None and time.monotonic() > deadline
             return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED, str(error))
-        if isinstance(error, ValueError):
+        if isinstance(error, EngineRequestError):
             return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        log.error("request failed", exc_info=error)
-        return RequestError(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+        log.error("request failed", exc_info=error, extra={"fields": {"id": request_id}})
+        return RequestError(grpc.StatusCode.INTERNAL, f"internal error (request {request_id}): {type(error).__name__}: {error}")

@@ -17,6 +17,10 @@ if TYPE_CHECKING:  # the scorer imports torch; values are light until a model is
     from longshap.hierarchy.scorer import ModelScorer
 
 
+VISIBLE_ANSWER_SHARE = 0.01
+"""Answers decoded in under 1% of coalitions are hidden, as in TextGenSHAP."""
+
+
 def normalise_answer(text: str) -> str:
     """Answers that differ only in case, spacing or trailing punctuation are the same answer."""
     return " ".join(text.strip().strip(".,;:!?\"'").split()).lower()
@@ -43,6 +47,14 @@ class AnswerDistribution:
             self.columns.append(answer.strip())
             self.counts.append(0)
         return self._index[key]
+
+    def shares(self) -> list[float]:
+        total = max(sum(self.counts), 1)
+        return [count / total for count in self.counts]
+
+    def visible_columns(self) -> list[int]:
+        """The explained answer, and every answer seen in at least VISIBLE_ANSWER_SHARE of coalitions."""
+        return [c for c, share in enumerate(self.shares()) if c == 0 or share >= VISIBLE_ANSWER_SHARE]
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
         answers = self.scorer.greedy(prompts, self.max_new_tokens, tree=self.tree)

@@ -24,6 +24,26 @@ class ValueFunction(Protocol):
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray: ...
 
+    def visible_columns(self) -> list[int]:
+        """The columns worth reporting and expanding on (all of them unless outputs are sampled)."""
+        ...
+
+    def shares(self) -> list[float] | None:
+        """For sampled outputs, how often each column's output was seen so far; None otherwise."""
+        ...
+
+
+class FixedColumns:
+    """Value functions whose outputs are known before sampling: every column counts, nothing is a share."""
+
+    columns: list[str]
+
+    def visible_columns(self) -> list[int]:
+        return list(range(len(self.columns)))
+
+    def shares(self) -> list[float] | None:
+        return None
+
 
 @dataclass
 class Target:

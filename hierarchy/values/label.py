@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from longshap.hierarchy.values.base import Target, register
+from longshap.hierarchy.values.base import FixedColumns, Target, register
 
 if TYPE_CHECKING:  # the scorer imports torch; values are light until a model is loaded
     from longshap.hierarchy.scorer import ModelScorer
@@ -27,7 +27,7 @@ def normalised_label_logprobs(scorer: ModelScorer, prompts: Sequence[str], label
 
 
 @register("label")
-class LabelLogProb:
+class LabelLogProb(FixedColumns):
     def __init__(self, scorer: ModelScorer, target: Target) -> None:
         if not target.labels or target.label_index is None:
             raise ValueError("the label value function needs labels and the label to explain")

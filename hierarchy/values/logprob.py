@@ -5,14 +5,14 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from longshap.hierarchy.values.base import Target, register
+from longshap.hierarchy.values.base import FixedColumns, Target, register
 
 if TYPE_CHECKING:  # the scorer imports torch; values are light until a model is loaded
     from longshap.hierarchy.scorer import ModelScorer
 
 
 @register("logprob")
-class TargetLogProb:
+class TargetLogProb(FixedColumns):
     """Sum of the answer tokens' log-probabilities: additive across tokens, unbounded below."""
 
     def __init__(self, scorer: ModelScorer, target: Target) -> None:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from longshap.hierarchy.data import load_nq, nq_prompt
+from longshap.client.data import load_nq, nq_prompt
 from longshap.hierarchy.explainer import Explainer
 from longshap.hierarchy.errors import Cancelled
 

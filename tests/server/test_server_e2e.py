@@ -103,7 +103,7 @@ def test_a_second_model_is_served_by_name(tiny_llama_dir, tiny_gemma_dir):
 @pytest.mark.slow
 def test_default_model_document_level_equals_the_engine(default_explainer):
     """The real embedded model, kept cheap: document level only, 3 passages, budget 6."""
-    from longshap.hierarchy.data import load_nq, nq_prompt
+    from longshap.client.data import load_nq, nq_prompt
 
     prompt = nq_prompt(load_nq(), 5, 2, seed=0)
     arguments = dict(question=prompt.question, documents=prompt.documents, levels=["document"], budget=6, seed=0, target=prompt.answers[0])
@@ -116,3 +116,35 @@ def test_default_model_document_level_equals_the_engine(default_explainer):
     _assert_order(_kinds(events))
     expected = default_explainer.explain(**arguments).to_dict()
     assert _without_times(collect(events)) == _without_times(expected)
+
+
+def test_a_model_failure_is_internal_with_the_request_id_not_blamed_on_the_user(tiny_llama_dir, monkeypatch):
+    """A ValueError from the model side (e.g. NaN scores) is the server's fault: INTERNAL, never INVALID_ARGUMENT."""
+    from longshap.hierarchy import Explainer
+
+    explainer = Explainer.from_pretrained(str(tiny_llama_dir))
+
+    def broken(prompts, continuations):
+        raise ValueError("scores are NaN")
+
+    monkeypatch.setattr(explainer.scorer, "continuation_logprobs", broken)
+    with ServerThread(ServerConfig(port=0), {"tiny": explainer}) as server, grpc.insecure_channel(server.address) as channel:
+        call = pb_grpc.ExplainerStub(channel).Explain(quick_request())
+        with pytest.raises(grpc.RpcError) as failure:
+            list(call)
+        request_id = dict(call.initial_metadata())["x-request-id"]
+    assert failure.value.code() == grpc.StatusCode.INTERNAL
+    assert request_id in failure.value.details() and "scores are NaN" in failure.value.details()
+
+
+def test_an_engine_request_error_found_while_running_is_invalid_argument(tiny_llama_dir, monkeypatch):
+    """Some request faults show only with the model (an empty greedy answer): those stay INVALID_ARGUMENT."""
+    from longshap.hierarchy import Explainer
+
+    explainer = Explainer.from_pretrained(str(tiny_llama_dir))
+    monkeypatch.setattr(explainer.scorer, "decode", lambda tokens: "")
+    with ServerThread(ServerConfig(port=0), {"tiny": explainer}) as server, grpc.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.RpcError) as failure:
+            list(pb_grpc.ExplainerStub(channel).Explain(qa_request(budget=4)))
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.value.details().startswith("target: ")

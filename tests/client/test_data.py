@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from longshap.hierarchy.data import load_nq, load_sst2, nq_prompt, shared_data_dir
+from longshap.client.data import load_nq, load_sst2, nq_prompt, shared_data_dir
 
 
 @pytest.fixture(scope="module")
