@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_server(model: str | None) -> tuple[subprocess.Popen, str]:
     """Start `longshap serve --port 0` and read the bound port from its JSON log."""
-    command = [sys.executable, "-m", "client.cli", "serve", "--host", "127.0.0.1", "--port", "0", *(["--model", model] if model else [])]
+    command = [sys.executable, "-m", "longshap.client.cli", "serve", "--host", "127.0.0.1", "--port", "0", *(["--model", model] if model else [])]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         try:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             docs = Path(folder) / "docs.jsonl"
             docs.write_text("".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in prompt.documents), encoding="utf-8")
             command = [
-                sys.executable, "-m", "client.cli", "explain", "--server", address, "--question", prompt.question,
+                sys.executable, "-m", "longshap.client.cli", "explain", "--server", address, "--question", prompt.question,
                 "--docs-jsonl", str(docs), "--budget", str(args.budget), "--seed", "0", "--html", str(args.html),
             ]
             return subprocess.run(command, cwd=ROOT).returncode
