@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast install proto bench clean
+.PHONY: demo test test-fast lint install proto bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,11 +27,20 @@ proto: $(STAMP)
 demo: install
 	$(BIN)/python -m longshap.client.demo
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install lint
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff, then mypy on the installed namespace: mypy cannot follow setuptools' package-dir
+# mapping, so it reads the folders through a longshap/ directory of links.
+TYPECHECK := build/typecheck
+lint: install
+	$(BIN)/ruff check hierarchy server client proto bench tests
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/longshap
+	for package in hierarchy server client proto; do ln -s ../../../$$package $(TYPECHECK)/longshap/$$package; done
+	cd $(TYPECHECK) && MYPYPATH=. ../../$(BIN)/mypy -p longshap.hierarchy -p longshap.server -p longshap.client -p longshap.proto
 
 bench: install
 	$(BIN)/python bench/estimator_error.py

@@ -29,14 +29,16 @@ def start_server(model: str | None) -> tuple[subprocess.Popen, str]:
     """Start `longshap serve --port 0` and read the bound port from its JSON log."""
     command = [sys.executable, "-m", "longshap.client.cli", "serve", "--host", "127.0.0.1", "--port", "0", *(["--model", model] if model else [])]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
+    log = process.stderr
+    assert log is not None  # stderr=PIPE
+    for line in log:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
         if entry.get("message") == "listening":
             # Keep draining the server's log (request lines) so a full pipe never blocks it.
-            threading.Thread(target=lambda: sys.stderr.writelines(process.stderr), daemon=True).start()
+            threading.Thread(target=lambda: sys.stderr.writelines(log), daemon=True).start()
             return process, f"127.0.0.1:{entry['port']}"
     raise RuntimeError(f"the server exited with code {process.wait()} before listening")
 

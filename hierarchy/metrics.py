@@ -20,14 +20,14 @@ AOPC_FRACTIONS = (0.01, 0.05, 0.1, 0.2, 0.5)
 
 def top_k_mask(values: Sequence[float], fraction: float) -> np.ndarray:
     """The ceil(fraction·n) highest-valued features (at least one); ties broken by position."""
-    values = np.asarray(values, dtype=float)
-    if values.ndim != 1 or values.size == 0:
+    scores = np.asarray(values, dtype=float)
+    if scores.ndim != 1 or scores.size == 0:
         raise ValueError("values: expected a non-empty 1-D array of attributions")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction: must be in (0, 1], got {fraction}")
-    k = max(1, math.ceil(fraction * values.size))
-    mask = np.zeros(values.size, dtype=bool)
-    mask[np.argsort(-values, kind="stable")[:k]] = True
+    k = max(1, math.ceil(fraction * scores.size))
+    mask = np.zeros(scores.size, dtype=np.bool_)
+    mask[np.argsort(-scores, kind="stable")[:k]] = True
     return mask
 
 

@@ -56,7 +56,7 @@ def _default_model_dir() -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are already dequantised floats; the GGUF tag only blocks serialisation.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as always set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +131,6 @@ def load_model(
         raise ValueError(f"{directory} has no fast tokenizer; character offsets need one (tokenizer.json)")
     loaded = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **kwargs)
     if quantization is None:
-        loaded.to(device)
+        loaded.to(torch.device(device))
     loaded.eval()
     return LoadedModel(name=str(model) if model is not None else DEFAULT_MODEL, model=loaded, tokenizer=tokenizer)

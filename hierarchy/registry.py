@@ -17,7 +17,7 @@ class Registry(dict, Generic[T]):
         """Class decorator: file the class under `name` and give it that `name` attribute."""
 
         def wrap(cls: T) -> T:
-            cls.name = name
+            cls.name = name  # type: ignore[attr-defined]  # every registered class is named by its key
             self[name] = cls
             return cls
 

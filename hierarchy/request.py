@@ -160,6 +160,8 @@ def _documents(documents: object) -> tuple[Document, ...]:
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence) or not documents:
         raise RequestError("documents", "at least one document is required (a list of {'title', 'text'})")
     parsed = []
+    text: object
+    title: object
     for index, doc in enumerate(documents):
         if isinstance(doc, Document):
             text, title = doc.text, doc.title
@@ -169,7 +171,7 @@ def _documents(documents: object) -> tuple[Document, ...]:
             text, title = doc.get("text"), doc.get("title", "") or ""
         else:
             raise RequestError(f"documents[{index}]", f"expected a dict with 'text' (and optional 'title'), got {type(doc).__name__}")
-        _text(text, f"documents[{index}].text")
+        text = _text(text, f"documents[{index}].text")
         if not isinstance(title, str):
             raise RequestError(f"documents[{index}].title", "must be a string")
         parsed.append(doc if isinstance(doc, Document) else Document(text, title))

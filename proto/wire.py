@@ -62,7 +62,7 @@ def _feature_to_proto(feature: Any) -> pb.Feature:
 
 def summary_proto(stats: Mapping[str, float]) -> pb.Summary:
     """The engine's stats dict as a Summary (typed fields for the known ones, all of them in `stats`)."""
-    known = {name: stats[name] for name in STAT_FIELDS if name in stats}
+    known: dict[str, Any] = {name: stats[name] for name in STAT_FIELDS if name in stats}
     return pb.Summary(**known, stats={k: float(v) for k, v in stats.items()})
 
 

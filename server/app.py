@@ -124,6 +124,8 @@ class ServerThread:
 
     @property
     def port(self) -> int:
+        if self.running is None:
+            raise RuntimeError("the server is not running")
         return self.running.port
 
     @property
