@@ -34,9 +34,11 @@ def test_antithetic_and_paired_sampling_are_exact_for_pairwise_games(method):
     assert np.all(result.stderr < 1e-9)
 
 
-def test_permutation_gives_a_dummy_exactly_zero():
+def test_permutation_gives_a_dummy_exactly_zero_with_the_smallest_error():
     result = estimate(voting([3, 2, 2, 1, 0, 1], quota=5), 6, "permutation", budget=100, seed=0)
-    assert result.values[4] == 0.0 and result.stderr[4] == 0.0
+    assert result.values[4] == 0.0
+    # No spread of its own, but with 8 pairs that could be luck: the pooled spread keeps it above 0.
+    assert 0.0 < result.stderr[4] < np.delete(result.stderr, 4).min()
 
 
 @pytest.mark.parametrize("method", SAMPLERS)
