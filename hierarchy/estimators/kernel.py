@@ -38,8 +38,9 @@ def _solve(
 
     Honest at small samples: the fit has n - 1 free parameters, so with fewer pairs than
     n it interpolates and its residuals say nothing about the error (inf); above that
-    the spread is rescaled by the degrees of freedom left (HC1) and widened to a
-    Student-t band (`student_scale`).
+    each influence is divided by 1 - h_j, its pair's leverage (HC3, which corrects the
+    residuals a small-sample fit shrinks towards its own points), and the spread is
+    widened to a Student-t band on the pairs left over the n - 1 parameters.
     """
     pairs, n = members.shape
     inside = members.astype(np.float64)
@@ -52,15 +53,17 @@ def _solve(
         (inside @ m)[:, :, None] * (targets - inside @ values)[:, None, :]
         + (outside @ m)[:, :, None] * (complement_targets - outside @ values)[:, None, :]
     ) / 2
+    # HC3: a pair the fit leans on hides its own residual; undo that by its leverage h_j.
+    leverage = (np.einsum("pi,ij,pj->p", inside, m, inside) + np.einsum("pi,ij,pj->p", outside, m, outside)) / (2 * pairs)
+    influence = influence / np.maximum(1.0 - leverage, 1e-3)[:, None, None]
     dof = pairs - (n - 1)
-    scale = np.sqrt(pairs / dof) if dof > 0 else np.inf
     if clustered:
         influence = influence.reshape(len(totals), GROUP_PAIRS, *values.shape).mean(axis=1)
         influence += u[None, :, None] * (totals - totals.mean(axis=0))[:, None, :]
         dof = min(dof, len(totals) - 1)
     if dof < 1:
         return values, np.full_like(values, np.inf)
-    return values, scale * student_scale(dof) * influence.std(axis=0, ddof=1) / np.sqrt(len(influence))
+    return values, student_scale(dof) * influence.std(axis=0, ddof=1) / np.sqrt(len(influence))
 
 
 @register("kernel")

@@ -16,6 +16,7 @@ def _marginals(chain: np.ndarray, positions: np.ndarray) -> np.ndarray:
 MAX_PAIRS_PER_CALL = 8
 PRIOR_PAIRS = 2
 """Weight, in pairs, of the players' pooled variance in each player's variance (see `_pooled_stderr`)."""
+POOLED_DOF = 2
 
 
 def _pooled_stderr(moments: RunningMoments) -> np.ndarray:
@@ -25,14 +26,21 @@ def _pooled_stderr(moments: RunningMoments) -> np.ndarray:
     voting game's swings are rare), and its sample variance 0 says nothing: the other
     players' spread is the best evidence of what one more pair could show. The pooled
     variance enters with the weight of PRIOR_PAIRS pairs, which fades as pairs accrue;
-    the result is widened to a Student-t band; inf for a single pair.
+    the result is widened to a Student-t band on the mix's Welch-Satterthwaite degrees
+    of freedom; inf for a single pair.
     """
     count = moments.count
     if count < 2:
         return np.full_like(moments.mean, np.inf)
     variance = moments.m2 / (count - 1)
-    shrunk = (count * variance + PRIOR_PAIRS * variance.mean(axis=0)) / (count + PRIOR_PAIRS)
-    return np.sqrt(shrunk / count) * student_scale(count - 1)
+    own, pooled = count * variance / (count + PRIOR_PAIRS), PRIOR_PAIRS * variance.mean(axis=0) / (count + PRIOR_PAIRS)
+    # Welch-Satterthwaite degrees of freedom of the mix, counting the pooled part as worth POOLED_DOF
+    # players only: players differ in spread, so the pool is a rough guide, not n independent ones.
+    dof = np.divide(
+        (own + pooled) ** 2, own**2 / (count - 1) + pooled**2 / (POOLED_DOF * (count - 1)),
+        out=np.full_like(own, count - 1.0), where=own + pooled > 0,
+    )
+    return np.sqrt((own + pooled) / count) * np.vectorize(student_scale)(dof)
 
 
 @register("permutation")
