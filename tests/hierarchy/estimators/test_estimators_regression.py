@@ -62,7 +62,7 @@ def test_banzhaf_ls_converges_to_banzhaf_and_beats_difference_of_means_with_stro
         for m in ("banzhaf", "banzhaf_ls")
     }
     assert errors["banzhaf_ls"] < 0.6 * errors["banzhaf"]  # measured 0.53
-    large = estimate(CUBIC, 10, "banzhaf_ls", budget=20000, seed=0)
+    large = estimate(strong, 10, "banzhaf_ls", budget=20000, seed=0)  # 1024 coalitions, so 80000 memoised draws
     assert np.abs(large.values - truth).max() < 0.15
 
 
