@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from longshap.hierarchy.estimators import Progress, default_budget, get_estimator
+from longshap.hierarchy.estimators import Progress, get_estimator
+from longshap.hierarchy.estimators.base import Estimator
 from longshap.hierarchy.request import ExplainRequest, RequestError
 from longshap.hierarchy.games import MemoisedGame, pad_columns
 from longshap.hierarchy.prompt import ClassificationPrompt, QAPrompt
@@ -207,11 +208,11 @@ class Explainer:
             tokens_before = (self.scorer.stats.forward_tokens, self.scorer.stats.reused_tokens)
             groups = [(parent, tree.expand(parent, level)) for parent in parents]
             groups = [(parent, children) for parent, children in groups if children]
-            budgets = self._split_budget(options.budget, options.method, [len(children) for _, children in groups])
+            budgets = self._split_budget(options.budget, estimator, [len(children) for _, children in groups])
             placeholder_features = [self._feature(tree, unit, 0.0, 0.0, None, []) for _, children in groups for unit in children]
             yield LevelStartEvent(level, placeholder_features, sum(budgets))
 
-            level_values, level_stderr, order = [], [], []
+            level_values, level_stderr, order, used = [], [], [], []
             for index, ((parent, children), group_budget) in enumerate(zip(groups, budgets)):
                 unit_game = MemoisedGame(UnitGame(game, tree, parent, children, options.mode))
                 progress = self._progress_callback(run.on_progress, level, children, sum(budgets), game, evaluations_before)
@@ -220,6 +221,7 @@ class Explainer:
                 level_values.append(result.values)
                 level_stderr.append(result.stderr)
                 order.extend(children)
+                used.append(result.method)
 
             values = pad_columns(level_values)
             stderr = pad_columns(level_stderr)
@@ -232,7 +234,7 @@ class Explainer:
                 for i, unit in enumerate(order)
             ]
             result_level = Level(
-                level, features, game.evaluations - evaluations_before, options.thresholds[level], options.method,
+                level, features, game.evaluations - evaluations_before, options.thresholds[level], "+".join(dict.fromkeys(used)),
                 round(time.perf_counter() - level_started, 3),
                 forward_tokens=self.scorer.stats.forward_tokens - tokens_before[0],
                 reused_tokens=self.scorer.stats.reused_tokens - tokens_before[1],
@@ -246,10 +248,10 @@ class Explainer:
         yield DoneEvent(self._explanation(run, results))
 
     @staticmethod
-    def _split_budget(budget: int | None, method: str, sizes: Sequence[int]) -> list[int]:
-        """Share a per-level budget among the level's games in proportion to their size."""
+    def _split_budget(budget: int | None, estimator: Estimator, sizes: Sequence[int]) -> list[int]:
+        """Share a per-level budget among the level's games in proportion to their size; by default each game gets the estimator's own."""
         if budget is None:
-            return [default_budget(method, n) for n in sizes]
+            return [estimator.default_budget(n) for n in sizes]
         weights = np.array([n + 1 for n in sizes], dtype=float)
         shares = np.floor(budget * weights / weights.sum()).astype(int)
         return [max(1, int(share)) for share in shares]

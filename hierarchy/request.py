@@ -18,7 +18,7 @@ from longshap.hierarchy.values import VALUE_FUNCTIONS
 
 QA_LEVELS = ("document", "sentence", "word")
 CLASSIFICATION_LEVELS = ("word",)
-DEFAULT_METHOD = "permutation"
+DEFAULT_METHOD = "auto"
 DEFAULT_MODE = "owen"
 DEFAULT_THRESHOLDS = {"document": 0.1, "sentence": 0.1, "word": 0.1, "token": 0.1}
 DEFAULT_MAX_EXPANDED: dict[str, int | None] = {"document": 3, "sentence": 4, "word": 8, "token": 8}

@@ -77,6 +77,45 @@ class RunningMoments:
         return np.sqrt(self.m2 / (self.count - 1) / self.count)
 
 
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+"""Student-t 97.5% quantiles for 1..10 degrees of freedom (printed tables)."""
+Z975 = 1.959963984540054
+
+
+def student_scale(dof: float) -> float:
+    """Factor widening a standard error estimated on `dof` degrees of freedom to a Student-t one.
+
+    Callers and users read value ± 1.96 stderr as a 95% band; with a variance estimated
+    from few samples that band must use the t quantile instead, so the reported stderr is
+    multiplied by t(dof) / 1.96. Below one degree of freedom the data cannot tell the error
+    at all: inf. Above 10 a Cornish-Fisher expansion is accurate to better than 1e-3.
+    """
+    if dof < 1:
+        return float("inf")
+    if dof <= len(T975):
+        return T975[int(dof) - 1] / Z975
+    z = Z975
+    quantile = z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+    quantile += (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3)
+    return quantile / Z975
+
+
+def constrained_least_squares(gram: np.ndarray, moment: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Minimise phi' A phi - 2 phi' b subject to sum(phi) = total, in closed form.
+
+    phi = M b + u total with M = A^-1 - A^-1 1 1' A^-1 / (1' A^-1 1) and
+    u = A^-1 1 / (1' A^-1 1). Returns phi, M and u: the delta method needs M and u to
+    turn per-sample perturbations of A, b and the total into perturbations of phi.
+    """
+    if np.linalg.cond(gram) > 1e10:  # (near) singular: a small ridge, only then
+        gram = gram + 1e-6 * np.trace(gram) / len(gram) * np.eye(len(gram))
+    inverse = np.linalg.inv(gram)
+    row = inverse.sum(axis=1)
+    u = row / row.sum()
+    m = inverse - np.outer(row, row) / row.sum()
+    return m @ moment + np.outer(u, total), m, u
+
+
 def growing_batch(minimum: int, done_so_far: int) -> int:
     """Batch size that grows with the samples taken, so re-solving after each batch costs O(total) overall."""
     return max(minimum, done_so_far // 4)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from longshap.hierarchy.estimators._stats import check_inputs, done, growing_batch, max_groups, report
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register
+from longshap.hierarchy.estimators._stats import check_inputs, done, growing_batch, max_groups, report, student_scale
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register, sampling_budget
 from longshap.hierarchy.games import MemoisedGame, pad_columns
 
 
@@ -27,7 +27,8 @@ class Banzhaf:
     marginal contributions. This is the Banzhaf value, not the Shapley value: it
     weights all coalition sizes equally and its values need not sum to
     v(N) - v(empty). Each sample gets its own outer context. The standard error is
-    sqrt(var_in / n_in + var_out / n_out); a player with fewer than two samples on a
+    sqrt(var_in / n_in + var_out / n_out), widened to a Student-t band on the smaller
+    side's degrees of freedom (a lower bound on Welch's); a player with fewer than two samples on a
     side gets value 0 and stderr inf.
 
     Budget: one evaluation per sample at most (repeats are memoised), so batches
@@ -36,6 +37,8 @@ class Banzhaf:
     on games with few coalitions).
     """
 
+    def default_budget(self, n_players: int) -> int:
+        return sampling_budget(n_players)
 
     def attribute(
         self,
@@ -60,7 +63,9 @@ class Banzhaf:
             centred = outputs - outputs.mean(axis=0)
             count_in, mean_in, var_in = _side_moments(members, centred)
             count_out, mean_out, var_out = _side_moments(~members, centred)
-            stderr = np.sqrt(var_in / np.maximum(count_in, 1) + var_out / np.maximum(count_out, 1))
+            dof = np.minimum(count_in, count_out) - 1  # Welch's degrees of freedom are at least this
+            widen = np.vectorize(student_scale)(dof)
+            stderr = widen * np.sqrt(var_in / np.maximum(count_in, 1) + var_out / np.maximum(count_out, 1))
             values = np.where(np.isfinite(stderr), mean_in - mean_out, 0.0)
             report(progress, game.evaluations - start, budget, values, stderr)
             if done(stderr, target_stderr, samples):

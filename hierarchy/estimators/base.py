@@ -52,6 +52,9 @@ ProgressCallback = Callable[[Progress], None]
 class Estimator(Protocol):
     name: str
 
+    def default_budget(self, n_players: int) -> int:
+        """The budget used when the caller gives none: each estimator knows what it needs."""
+
     def attribute(
         self,
         game: MemoisedGame,
@@ -70,13 +73,14 @@ def get_estimator(name: str) -> Estimator:
     return ESTIMATORS.lookup(name)()
 
 
-def default_budget(method: str, n_players: int) -> int:
-    """A budget that gives usable estimates without blowing up cost on long inputs."""
-    if method == "exact":
-        return 2**n_players
-    if method == "loo":
-        return n_players + 1
+def sampling_budget(n_players: int) -> int:
+    """The sampling estimators' default: usable estimates without blowing up cost on long inputs."""
     return max(64, 10 * (n_players + 1))
+
+
+def default_budget(method: str, n_players: int) -> int:
+    """The named estimator's own default budget for `n_players` players."""
+    return get_estimator(method).default_budget(n_players)
 
 
 def estimate(

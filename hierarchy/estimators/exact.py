@@ -21,6 +21,8 @@ class Exact:
     for a single draw, which says nothing about the spread).
     """
 
+    def default_budget(self, n_players: int) -> int:
+        return 2**n_players
 
     def attribute(
         self,

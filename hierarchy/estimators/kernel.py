@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from longshap.hierarchy.estimators._stats import average_over_contexts, check_inputs, done, growing_batch, max_groups, report
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register
+from longshap.hierarchy.estimators._stats import (
+    average_over_contexts,
+    check_inputs,
+    constrained_least_squares,
+    done,
+    growing_batch,
+    max_groups,
+    report,
+    student_scale,
+)
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register, sampling_budget
 from longshap.hierarchy.games import Context, MemoisedGame, pad_columns
 
 GROUP_PAIRS = 4
 """Pairs sharing one outer context; each context also costs v(empty) and v(N)."""
 GROUP_COST = 2 + 2 * GROUP_PAIRS
-
-
-def _inverse(gram: np.ndarray) -> np.ndarray:
-    """Inverse of the sampled Gram matrix, with a small ridge only when it is (near) singular."""
-    if np.linalg.cond(gram) > 1e10:
-        gram = gram + 1e-6 * np.trace(gram) / len(gram) * np.eye(len(gram))
-    return np.linalg.inv(gram)
 
 
 def _solve(
@@ -26,34 +28,42 @@ def _solve(
 
     members (P, n) are the sampled coalitions z, grouped GROUP_PAIRS per context;
     targets (P, k) are v(z) - v(empty) and complement_targets the same for the
-    complements; totals (C, k) are v(N) - v(empty) per context. Minimising
-    phi' A phi - 2 phi' b subject to 1'phi = t gives phi = M b + u t with
-    M = A^-1 - A^-1 1 1' A^-1 / (1' A^-1 1) and u = A^-1 1 / (1' A^-1 1). Perturbing
-    A, b and t gives d phi = M (d b - d A phi) + u d t, so each pair contributes the
-    influence M (b_j - A_j phi) and each context u (t_c - t). When the contexts differ
+    complements; totals (C, k) are v(N) - v(empty) per context. With A = mean z z',
+    b = mean z (v(z) - v(empty)) and t the mean total, phi = M b + u t (see
+    `constrained_least_squares`). Perturbing A, b and t gives
+    d phi = M (d b - d A phi) + u d t, so each pair contributes the influence
+    M (b_j - A_j phi) and each context u (t_c - t). When the contexts differ
     (`clustered`), pairs sharing a context are dependent and the influences are summed
     per context before taking their spread (cluster-robust).
+
+    Honest at small samples: the fit has n - 1 free parameters, so with fewer pairs than
+    n it interpolates and its residuals say nothing about the error (inf); above that
+    each influence is divided by 1 - h_j, its pair's leverage (HC3, which corrects the
+    residuals a small-sample fit shrinks towards its own points), and the spread is
+    widened to a Student-t band on the pairs left over the n - 1 parameters.
     """
-    pairs = len(members)
+    pairs, n = members.shape
     inside = members.astype(np.float64)
     outside = 1.0 - inside
     gram = (inside.T @ inside + outside.T @ outside) / (2 * pairs)
     moment = (inside.T @ targets + outside.T @ complement_targets) / (2 * pairs)
-    inverse = _inverse(gram)
-    row = inverse.sum(axis=1)
-    u = row / row.sum()
-    m = inverse - np.outer(row, row) / row.sum()
-    total = totals.mean(axis=0)
-    values = m @ moment + np.outer(u, total)
+    values, m, u = constrained_least_squares(gram, moment, totals.mean(axis=0))
     # M (b_j - A_j phi) = (M z_j (y_j - z_j'phi) + M zc_j (yc_j - zc_j'phi)) / 2, with M symmetric.
     influence = (
         (inside @ m)[:, :, None] * (targets - inside @ values)[:, None, :]
         + (outside @ m)[:, :, None] * (complement_targets - outside @ values)[:, None, :]
     ) / 2
+    # HC3: a pair the fit leans on hides its own residual; undo that by its leverage h_j.
+    leverage = (np.einsum("pi,ij,pj->p", inside, m, inside) + np.einsum("pi,ij,pj->p", outside, m, outside)) / (2 * pairs)
+    influence = influence / np.maximum(1.0 - leverage, 1e-3)[:, None, None]
+    dof = pairs - (n - 1)
     if clustered:
         influence = influence.reshape(len(totals), GROUP_PAIRS, *values.shape).mean(axis=1)
-        influence += u[None, :, None] * (totals - total)[:, None, :]
-    return values, influence.std(axis=0, ddof=1) / np.sqrt(len(influence))
+        influence += u[None, :, None] * (totals - totals.mean(axis=0))[:, None, :]
+        dof = min(dof, len(totals) - 1)
+    if dof < 1:
+        return values, np.full_like(values, np.inf)
+    return values, student_scale(dof) * influence.std(axis=0, ddof=1) / np.sqrt(len(influence))
 
 
 @register("kernel")
@@ -83,6 +93,8 @@ class Kernel:
     games with few coalitions).
     """
 
+    def default_budget(self, n_players: int) -> int:
+        return sampling_budget(n_players)
 
     def attribute(
         self,

@@ -18,6 +18,8 @@ class LeaveOneOut:
     contexts (enumerated with their probabilities when the support is that small).
     """
 
+    def default_budget(self, n_players: int) -> int:
+        return n_players + 1
 
     def attribute(
         self,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from longshap.hierarchy.estimators._stats import MIN_GROUPS, RunningMoments, check_inputs, done, max_groups, report
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register
+from longshap.hierarchy.estimators._stats import MIN_GROUPS, RunningMoments, check_inputs, done, max_groups, report, student_scale
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register, sampling_budget
 from longshap.hierarchy.games import MemoisedGame
 
 
@@ -14,6 +14,33 @@ def _marginals(chain: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 
 MAX_PAIRS_PER_CALL = 8
+PRIOR_PAIRS = 2
+"""Weight, in pairs, of the players' pooled variance in each player's variance (see `_pooled_stderr`)."""
+POOLED_DOF = 2
+
+
+def _pooled_stderr(moments: RunningMoments) -> np.ndarray:
+    """Per-player standard error, shrunk towards the players' pooled variance while pairs are few.
+
+    With a handful of pairs a player's marginal contributions are often all equal (a
+    voting game's swings are rare), and its sample variance 0 says nothing: the other
+    players' spread is the best evidence of what one more pair could show. The pooled
+    variance enters with the weight of PRIOR_PAIRS pairs, which fades as pairs accrue;
+    the result is widened to a Student-t band on the mix's Welch-Satterthwaite degrees
+    of freedom; inf for a single pair.
+    """
+    count = moments.count
+    if count < 2:
+        return np.full_like(moments.mean, np.inf)
+    variance = moments.m2 / (count - 1)
+    own, pooled = count * variance / (count + PRIOR_PAIRS), PRIOR_PAIRS * variance.mean(axis=0) / (count + PRIOR_PAIRS)
+    # Welch-Satterthwaite degrees of freedom of the mix, counting the pooled part as worth POOLED_DOF
+    # players only: players differ in spread, so the pool is a rough guide, not n independent ones.
+    dof = np.divide(
+        (own + pooled) ** 2, own**2 / (count - 1) + pooled**2 / (POOLED_DOF * (count - 1)),
+        out=np.full_like(own, count - 1.0), where=own + pooled > 0,
+    )
+    return np.sqrt((own + pooled) / count) * np.vectorize(student_scale)(dof)
 
 
 @register("permutation")
@@ -25,9 +52,9 @@ class Permutation:
     coalitions each, from empty to full) share one outer context, and as many pairs as
     the remaining budget surely affords (up to 8) go to the game in one call. Each chain telescopes, so the values sum to v(N) - v(empty) exactly for
     plain games. The standard error treats each pair's averaged contributions as one
-    iid sample; with a single pair (long sentences on a small budget) it treats the two
-    chains as separate samples, which overestimates it when, as intended, the reversed
-    chain is negatively correlated with the first: wide but honest, rather than inf.
+    iid sample, widened to a Student-t band for the few-pair case; a single pair says
+    nothing about the spread between pairs (its two chains are deliberately dependent,
+    and agree exactly on near-additive games), so its standard error is inf.
 
     Budget: a pair costs at most 2n new evaluations (the chains share the empty and
     full coalitions); pairs continue while another one fits, always at least one pair
@@ -35,6 +62,8 @@ class Permutation:
     pairs the budget buys without memoisation (binds only on games with few coalitions).
     """
 
+    def default_budget(self, n_players: int) -> int:
+        return sampling_budget(n_players)
 
     def attribute(
         self,
@@ -68,9 +97,7 @@ class Permutation:
             for (positions, reverse), (forward_chain, backward_chain) in zip(orders, chains):
                 forward, backward = _marginals(forward_chain, positions), _marginals(backward_chain, reverse)
                 moments.add((forward + backward) / 2)
-            values, stderr = moments.mean, moments.stderr()
-            if moments.count == 1:
-                stderr = np.abs(forward - backward) / 2
+            values, stderr = moments.mean, _pooled_stderr(moments)
             spent = game.evaluations - start
             report(progress, spent, budget, values, stderr)
             if done(stderr, target_stderr, moments.count) or spent + 2 * n > budget or moments.count >= cap:

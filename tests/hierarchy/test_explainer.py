@@ -212,3 +212,11 @@ def test_probability_function_feeds_the_metrics(tiny_explainer):
     qa_units, qa_probability = tiny_explainer.probability_function("document", question=QUESTION, documents=DOCUMENTS, target="Paris")
     qa_result = qa(tiny_explainer, levels=("document",), value="probability", method="exact")
     assert qa_probability(np.ones((1, len(qa_units)), dtype=bool))[0] == pytest.approx(qa_result.full_value)
+
+
+def test_auto_is_the_default_and_each_level_names_the_estimator_it_ran(tiny_explainer):
+    result = qa(tiny_explainer, thresholds=0.0, levels=("document", "sentence"))
+    documents, sentences = result.levels
+    assert documents.method == "leverage"  # the top level is a plain game with a generous default budget
+    assert sentences.method == "kernel"  # Owen subgames draw outer contexts: auto hands them to kernel
+    assert all(np.isfinite(f.value) for level in result.levels for f in level.features)

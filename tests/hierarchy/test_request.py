@@ -14,7 +14,7 @@ QA = {"question": "Who?", "documents": [{"title": "t", "text": "Paris is in Fran
 
 def test_defaults_are_filled_in_for_qa_and_classification():
     qa = ExplainRequest.build(**QA)
-    assert (qa.levels, qa.method, qa.mode, qa.value, qa.max_new_tokens) == (("document", "sentence", "word"), "permutation", "owen", "logprob", 20)
+    assert (qa.levels, qa.method, qa.mode, qa.value, qa.max_new_tokens) == (("document", "sentence", "word"), "auto", "owen", "logprob", 20)
     assert qa.documents == (Document("Paris is in France.", "t"),) and not qa.classification
     assert dict(qa.thresholds) == DEFAULT_THRESHOLDS and dict(qa.max_expanded) == DEFAULT_MAX_EXPANDED
     classification = ExplainRequest.build(text="good", labels=["neg", "pos"])

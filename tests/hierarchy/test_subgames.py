@@ -138,13 +138,15 @@ def test_sampled_contexts_follow_the_owen_distribution():
         assert counts.get(context, 0) / draws == pytest.approx(probability, abs=tolerance)
 
 
-def test_permutation_sampling_converges_to_exact_owen():
+@pytest.mark.parametrize("mode", ["owen", "local"])
+@pytest.mark.parametrize("method", ["permutation", "kernel", "leverage", "auto"])
+def test_sampling_estimators_converge_to_exact_subgame_values(method, mode):
     tree = build_tree()
     value, _ = synthetic_value(tree)
     request = RequestGame(lambda absent: frozenset(absent), value)
     players = tree.units["d1"].children
-    exact = estimate(UnitGame(request, tree, "d1", players, "owen"), len(players), method="exact", budget=10**6).values
-    sampled = estimate(UnitGame(request, tree, "d1", players, "owen"), len(players), method="permutation", budget=4000, seed=1)
+    exact = estimate(UnitGame(request, tree, "d1", players, mode), len(players), method="exact", budget=10**6).values
+    sampled = estimate(UnitGame(request, tree, "d1", players, mode), len(players), method=method, budget=4000, seed=1)
     assert np.all(np.abs(sampled.values - exact) <= 4 * sampled.stderr + 1e-9)
     assert np.abs(sampled.values - exact).max() < 0.25
 
