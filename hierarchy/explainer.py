@@ -16,6 +16,7 @@ import numpy as np
 
 from longshap.hierarchy.estimators import Progress, default_budget, get_estimator
 from longshap.hierarchy.games import MemoisedGame, pad_columns
+from longshap.hierarchy.gradients import UNSIGNED_METHODS, TokenAttributions, check_gradient_options, is_gradient_method
 from longshap.hierarchy.prompt import ClassificationPrompt, QAPrompt
 from longshap.hierarchy.results import (
     AnswerEvent,
@@ -134,6 +135,8 @@ class _Run:
     started: float
     stats_before: dict
     answer_event: AnswerEvent
+    gradients: TokenAttributions | None = None
+    """Token attributions of a gradient method, computed once and summed onto every level's units."""
 
 
 class Explainer:
@@ -187,6 +190,7 @@ class Explainer:
         target_stderr: float | None = None,
         max_new_tokens: int = 20,
         speculative: bool = False,
+        baseline: str = "zero",
         on_progress: Callable[[ProgressEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> Iterator:
@@ -199,7 +203,9 @@ class Explainer:
         units instead of dropping them; `speculative` verifies already-seen answers of
         the `answers` value function in one pass (off by default: on a 2-core CPU with
         short answers it measured 0.92x, see bench/speculative.py); `should_stop` is
-        polled between batches.
+        polled between batches. Gradient methods ("integrated_gradients", "saliency",
+        "input_x_gradient", see hierarchy.gradients) take `baseline` ("zero" or "pad",
+        Integrated Gradients only) and read `budget` as Integrated Gradients' steps.
         """
         started = time.perf_counter()
         stats_before = self.scorer.stats.as_dict()
@@ -216,14 +222,18 @@ class Explainer:
         try:
             value, target_spec, answer_event = self._target(prompt, classification, tree, target, value, max_new_tokens)
             yield answer_event
+            if is_gradient_method(method):
+                check_gradient_options(method, value, baseline, budget)
             value_fn = build_value_function(value, self.scorer, replace(target_spec, speculative=bool(speculative)))
             request = RequestGame(lambda absent: prompt.render(tree, absent), value_fn, should_stop)
             top_units = frozenset(tree.expand(ROOT, "document"))
             full_value, empty_value = request.values([frozenset(), top_units])
+            gradients = self._gradients(prompt, tree, value_fn, method, baseline, budget) if is_gradient_method(method) else None
             yield from self._levels(
                 _Run(
                     tree, request, value_fn, value, levels, method, budget, seed, mode, thresholds, caps,
                     _as_row(full_value), _as_row(empty_value), target_stderr, on_progress, started, stats_before, answer_event,
+                    gradients,
                 )
             )
         finally:
@@ -288,9 +298,17 @@ class Explainer:
             raise ValueError("value: 'label' is for classification (text and labels)")
         return (value, *self._qa_target(full_prompt, target, max_new_tokens))
 
+    def _gradients(self, prompt, tree: FeatureTree, value_fn, method: str, baseline: str, steps: int | None) -> TokenAttributions:
+        from longshap.hierarchy.gradients import token_attributions
+
+        starts = prompt.text_starts(tree)
+        ends = [start + len(doc.text) for start, doc in zip(starts, prompt.documents)]
+        return token_attributions(self.scorer, prompt.render(tree), starts, ends, value_fn, method, baseline, steps)
+
     @staticmethod
     def _check_common(method, budget, seed, mode, target_stderr, max_new_tokens) -> None:
-        get_estimator(method)
+        if not is_gradient_method(method):
+            get_estimator(method)
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
             raise ValueError(f"budget: must be a positive integer, got {budget!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -330,7 +348,7 @@ class Explainer:
 
     def _levels(self, run: _Run) -> Iterator:
         tree, request, value_fn, levels = run.tree, run.request, run.value_fn, run.levels
-        estimator = get_estimator(run.method)
+        estimator = None if run.gradients is not None else get_estimator(run.method)
         parents = [ROOT]
         results: list[Level] = []
         for depth, level in enumerate(levels):
@@ -339,12 +357,23 @@ class Explainer:
             tokens_before = (self.scorer.stats.forward_tokens, self.scorer.stats.reused_tokens)
             groups = [(parent, tree.expand(parent, level)) for parent in parents]
             groups = [(parent, children) for parent, children in groups if children]
-            budgets = self._split_budget(run.budget, run.method, [len(children) for _, children in groups])
+            if run.gradients is not None:  # one gradient computation, before the walk, serves every level
+                budgets = [0] * len(groups)
+                planned = run.gradients.forward_rows if depth == 0 else 0
+            else:
+                budgets = self._split_budget(run.budget, run.method, [len(children) for _, children in groups])
+                planned = sum(budgets)
             placeholder_features = [self._feature(tree, unit, 0.0, 0.0, None, []) for _, children in groups for unit in children]
-            yield LevelStartEvent(level, placeholder_features, sum(budgets))
+            yield LevelStartEvent(level, placeholder_features, planned)
 
             level_values, level_stderr, order = [], [], []
             for index, ((parent, children), group_budget) in enumerate(zip(groups, budgets)):
+                if run.gradients is not None:
+                    attributed = run.gradients.for_units(tree, children)
+                    level_values.append(attributed)
+                    level_stderr.append(np.full_like(attributed, np.nan))  # nothing sampled: not applicable
+                    order.extend(children)
+                    continue
                 game = MemoisedGame(UnitGame(request, tree, parent, children, run.mode))
                 progress = self._progress_callback(run.on_progress, level, children, sum(budgets), request, evaluations_before)
                 rng = np.random.default_rng([run.seed, depth, index])
@@ -356,15 +385,18 @@ class Explainer:
             values = pad_columns(level_values)
             stderr = pad_columns(level_stderr)
             last = depth == len(levels) - 1
+            # Unsigned saliency is not in the value's units: its threshold is a share of the level's total saliency.
+            reference = (values.sum(axis=0), np.zeros(values.shape[1])) if run.method in UNSIGNED_METHODS else (run.full_value, run.empty_value)
             expanded = set() if last else self._choose_expansions(
-                order, values, stderr, (run.full_value, run.empty_value), value_fn, run.thresholds[level], run.caps[level]
+                order, values, stderr, reference, value_fn, run.thresholds[level], run.caps[level]
             )
             features = [
                 self._feature(tree, unit, values[i], stderr[i], value_fn, expanded)
                 for i, unit in enumerate(order)
             ]
+            evaluations = planned if run.gradients is not None else request.evaluations - evaluations_before
             result_level = Level(
-                level, features, request.evaluations - evaluations_before, run.thresholds[level], run.method,
+                level, features, evaluations, run.thresholds[level], run.method,
                 round(time.perf_counter() - level_started, 3),
                 forward_tokens=self.scorer.stats.forward_tokens - tokens_before[0],
                 reused_tokens=self.scorer.stats.reused_tokens - tokens_before[1],
@@ -424,7 +456,8 @@ class Explainer:
         if scale == 0.0:
             return set()
         sign = np.where(effect >= 0, 1.0, -1.0)
-        importance = np.max(sign * values[:, columns] - stderr[:, columns], axis=1)
+        # NaN stderr (gradient methods: nothing sampled) counts as none; inf still blocks expansion.
+        importance = np.max(sign * values[:, columns] - np.nan_to_num(stderr[:, columns], nan=0.0, posinf=np.inf), axis=1)
         passing = [i for i in np.argsort(-importance, kind="stable") if importance[i] >= threshold * scale]
         if cap is not None:
             passing = passing[:cap]
@@ -437,11 +470,13 @@ class Explainer:
         by_answer = None
         if value_fn is not None and getattr(value_fn, "counts", None) is not None:
             by_answer = {value_fn.columns[c]: float(values[c]) for c in self._visible_columns(value_fn) if c < len(values)}
+        tokens = getattr(value_fn, "token_columns", None)
+        by_token = [float(v) for v in values[1 : 1 + len(tokens)]] if tokens is not None and len(values) > len(tokens) else None
         return Feature(
             id=unit.id, parent=unit.parent, text=unit.text, start=unit.start, end=unit.end,
             value=float(values[0]), stderr=float(stderr[0]), expanded=unit_id in expanded, doc=unit.doc,
             title=tree.documents[unit.doc].title, token_start=unit.token_start, token_end=unit.token_end,
-            values_by_answer=by_answer,
+            values_by_answer=by_answer, values_by_token=by_token,
         )
 
     def _explanation(self, run: _Run, levels: list[Level]) -> Explanation:
@@ -458,10 +493,12 @@ class Explainer:
                 for c in self._visible_columns(value_fn)
             ]
         full, empty = float(run.full_value[0]), float(run.empty_value[0])
+        extras = {"gradients": run.gradients.summary()} if run.gradients is not None else {}
         return Explanation(
             answer=run.answer_event.answer, levels=levels, stats=stats, value_function=run.value_name, mode=run.mode,
             total_effect=full - empty, full_value=full, empty_value=empty,
             label_probabilities=run.answer_event.label_probabilities, answers=answers,
+            answer_tokens=getattr(value_fn, "token_columns", None), extras=extras,
         )
 
 

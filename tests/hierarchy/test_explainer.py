@@ -212,3 +212,17 @@ def test_probability_function_feeds_the_metrics(tiny_explainer):
     qa_units, qa_probability = tiny_explainer.probability_function("document", question=QUESTION, documents=DOCUMENTS, target="Paris")
     qa_result = qa(tiny_explainer, levels=("document",), value="probability", method="exact")
     assert qa_probability(np.ones((1, len(qa_units)), dtype=bool))[0] == pytest.approx(qa_result.full_value)
+
+
+@pytest.mark.parametrize("value", ["logprob", "probability"])
+def test_per_token_attributions_sum_to_the_answers(tiny_explainer, value):
+    """One column per answer token, from the same passes; every unit's token values add up to its value."""
+    docs = [{"title": "Paris", "text": "Paris is the capital of France. It is on the Seine."}]
+    result = tiny_explainer.explain(question="What is the capital of France?", documents=docs, target="Paris is", value=value, budget=24)
+    assert result.answer_tokens is not None and len(result.answer_tokens) >= 2
+    assert "".join(result.answer_tokens).strip() == "Paris is"
+    for level in result.levels:
+        for feature in level.features:
+            assert len(feature.values_by_token) == len(result.answer_tokens)
+            assert sum(feature.values_by_token) == pytest.approx(feature.value, abs=1e-9)
+    assert result.to_dict()["levels"][0]["features"][0]["values_by_token"] == result.levels[0].features[0].values_by_token
