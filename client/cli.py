@@ -194,6 +194,14 @@ def _explain(args: argparse.Namespace, request: pb.ExplainRequest, documents: li
         args.html.parent.mkdir(parents=True, exist_ok=True)
         args.html.write_text(html_report(explanation, documents, question), encoding="utf-8")
         print(f"wrote {args.html}", file=sys.stderr)
+    if args.png:
+        from longshap.client.plot import write_png
+
+        try:
+            write_png(explanation, args.png)
+        except RuntimeError as error:
+            raise UsageError(str(error)) from None
+        print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
 
@@ -201,7 +209,7 @@ def _common_request(args: argparse.Namespace) -> dict:
     return dict(
         model=args.model or "", target=args.target, levels=args.levels.split(",") if args.levels else (),
         thresholds=args.threshold, method=args.method or "", budget=args.budget, seed=args.seed,
-        value=args.value or "", instruction=args.instruction or "",
+        value=args.value or "", instruction=args.instruction or "", baseline=args.baseline or "",
     )
 
 
@@ -277,13 +285,15 @@ def _explanation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="the answer/label to explain (default: the model's own)")
     parser.add_argument("--levels", help="comma-separated, coarse to fine, e.g. document,sentence,word")
     parser.add_argument("--threshold", type=float, help="expansion threshold for every level")
-    parser.add_argument("--method", help="permutation | kernel | exact | banzhaf | loo")
+    parser.add_argument("--method", help="permutation | kernel | exact | banzhaf | loo | integrated_gradients | saliency | input_x_gradient")
+    parser.add_argument("--baseline", choices=("zero", "pad"), help="integrated_gradients' baseline embedding (default zero)")
     parser.add_argument("--budget", type=int, help="model evaluations per level")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--value", help="logprob | probability | answers | label")
     parser.add_argument("--instruction", help="replaces the default instruction")
     parser.add_argument("--json", action="store_true", help="print the explanation as the engine's JSON")
     parser.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")
+    parser.add_argument("--png", type=Path, metavar="FILE", help="also write a figure (needs matplotlib: pip install 'longshap[plot]')")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 

@@ -493,7 +493,10 @@ class Explainer:
                 for c in self._visible_columns(value_fn)
             ]
         full, empty = float(run.full_value[0]), float(run.empty_value[0])
-        extras = {"gradients": run.gradients.summary()} if run.gradients is not None else {}
+        extras = {}
+        if run.gradients is not None:
+            extras["gradients"] = run.gradients.summary()
+            stats["gradient_rows"] = run.gradients.forward_rows
         return Explanation(
             answer=run.answer_event.answer, levels=levels, stats=stats, value_function=run.value_name, mode=run.mode,
             total_effect=full - empty, full_value=full, empty_value=empty,

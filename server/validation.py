@@ -14,6 +14,7 @@ import grpc
 from longshap.proto.wire import pb
 from longshap.hierarchy.estimators import ESTIMATORS
 from longshap.hierarchy.explainer import MAX_NEW_TOKENS
+from longshap.hierarchy.gradients import BASELINES, GRADIENT_METHODS
 from longshap.hierarchy.segmentation import LEVELS
 from longshap.hierarchy.subgames import MODES
 from longshap.hierarchy.values import VALUE_FUNCTIONS
@@ -53,8 +54,8 @@ def _budget(request, limits: Limits, field: str = "budget") -> int | None:
 
 
 def _method(method: str) -> str:
-    if method and method not in ESTIMATORS:
-        raise invalid(f"method: unknown estimator {method!r}; use one of {sorted(ESTIMATORS)}")
+    if method and method not in ESTIMATORS and method not in GRADIENT_METHODS:
+        raise invalid(f"method: unknown method {method!r}; use one of {sorted(ESTIMATORS) + list(GRADIENT_METHODS)}")
     return method or "permutation"
 
 
@@ -118,6 +119,8 @@ def explain_arguments(request: pb.ExplainRequest, limits: Limits) -> dict:
         raise invalid("target: must not be empty (omit it to explain the model's own answer)")
     if request.value and request.value not in VALUE_FUNCTIONS:
         raise invalid(f"value: unknown value function {request.value!r}; use one of {sorted(VALUE_FUNCTIONS)}")
+    if request.baseline and request.baseline not in BASELINES:
+        raise invalid(f"baseline: must be one of {BASELINES}, got {request.baseline!r}")
     if request.mode and request.mode not in MODES:
         raise invalid(f"mode: must be one of {MODES}, got {request.mode!r}")
     if request.HasField("target_stderr") and not (math.isfinite(request.target_stderr) and request.target_stderr > 0):
@@ -137,6 +140,8 @@ def explain_arguments(request: pb.ExplainRequest, limits: Limits) -> dict:
         placeholder=request.placeholder if request.HasField("placeholder") else None,
         target_stderr=request.target_stderr if request.HasField("target_stderr") else None,
     )
+    if request.baseline:
+        arguments["baseline"] = request.baseline
     if request.HasField("max_new_tokens"):
         arguments["max_new_tokens"] = request.max_new_tokens
     return arguments
