@@ -123,3 +123,23 @@ def test_clear_errors(tiny_explainer):
         tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", method="integrated_gradients", budget=5000)
     with pytest.raises(ValueError, match="unknown method 'gradients'"):
         tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", method="gradients")
+
+
+@pytest.mark.slow
+def test_default_model_gradients_are_complete_and_find_the_gold_passage(default_explainer):
+    """Gemma 3 270M: IG on the label value adds up to its effect; saliency and IG rank the NQ gold passage."""
+    from longshap.hierarchy.data import load_nq, nq_prompt
+
+    sst = default_explainer.explain(text="a charming and often affecting journey", labels=LABELS, method="integrated_gradients", budget=64)
+    completeness = sst.extras["gradients"]["completeness"]
+    effect = completeness["f_input"][0] - completeness["f_baseline"][0]
+    assert completeness["f_input"][0] == pytest.approx(sst.full_value, abs=1e-3)
+    assert sum(f.value for f in sst.levels[0].features) == pytest.approx(effect, abs=0.05 * abs(effect) + 0.02)
+    prompt = nq_prompt(load_nq(), 5, 3, seed=0)
+    for method in ("integrated_gradients", "saliency"):
+        result = default_explainer.explain(
+            question=prompt.question, documents=prompt.documents, levels=("document",), method=method, budget=16,
+        )
+        top = max(result.level("document").features, key=lambda f: f.value)
+        assert sum(result.levels[0].features[0].values_by_token) == pytest.approx(result.levels[0].features[0].value, abs=1e-9)
+        assert top.id == f"d{prompt.gold_index}", (method, [(f.id, f.value) for f in result.level("document").features])
