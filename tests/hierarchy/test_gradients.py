@@ -1,6 +1,8 @@
 """Gradient methods: Captum's numbers, summed onto units, with IG's completeness, through the explainer's level walk."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,36 @@ def test_default_model_gradients_are_complete_and_find_the_gold_passage(default_
         top = max(result.level("document").features, key=lambda f: f.value)
         assert sum(result.levels[0].features[0].values_by_token) == pytest.approx(result.levels[0].features[0].value, abs=1e-9)
         assert top.id == f"d{prompt.gold_index}", (method, [(f.id, f.value) for f in result.level("document").features])
+
+
+@pytest.fixture(scope="module")
+def wide_llama_dir(tmp_path_factory):
+    """bitsandbytes' CPU 4-bit path needs layers wider than the tiny models' 32."""
+    from tiny_models import build_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path, tokenizer = tmp_path_factory.mktemp("wide-llama"), build_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_bitsandbytes_on_cpu_8bit_flows_and_4bit_is_a_clear_error(wide_llama_dir):
+    from longshap.hierarchy import Explainer
+    from longshap.hierarchy.models import load_model
+
+    request = {"text": TEXT, "labels": LABELS, "method": "integrated_gradients", "budget": 64}
+    eight = Explainer(load_model(str(wide_llama_dir), device="cpu", quantization="8bit")).explain(**request)
+    completeness = eight.extras["gradients"]["completeness"]
+    effect = completeness["f_input"][0] - completeness["f_baseline"][0]
+    assert any(f.value != 0 for f in eight.levels[0].features)
+    assert sum(f.value for f in eight.levels[0].features) == pytest.approx(effect, abs=0.05 * abs(effect) + 1e-3)
+    four = Explainer(load_model(str(wide_llama_dir), device="cpu", quantization="4bit"))
+    with pytest.raises(ValueError, match=r"method: integrated_gradients got no gradient .* \(4-bit\).* cannot flow"):
+        four.explain(**request)
