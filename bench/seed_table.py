@@ -36,7 +36,7 @@ from captum.attr import (
     ShapleyValueSampling,
 )
 from longshap.hierarchy import Explainer
-from longshap.hierarchy.gradients import _anchor
+from longshap.hierarchy.gradients import token_anchor
 from longshap.hierarchy.metrics import aopc, comprehensiveness, sufficiency
 from longshap.hierarchy.values.label import normalised_label_logprobs
 
@@ -138,7 +138,7 @@ def run_captum_gradient(explainer: Explainer, sentence: Sentence, kind: str) -> 
     full = sentence.render(np.ones(len(sentence.words), bool))
     encoded = scorer.tokenizer(full, return_offsets_mapping=True)
     ids = torch.tensor([encoded["input_ids"]])
-    anchors = np.array([_anchor(full, s, e) for s, e in encoded["offset_mapping"]])
+    anchors = np.array([token_anchor(full, s, e) for s, e in encoded["offset_mapping"]])
     start = sentence.prompt.text_starts(sentence.tree)[0]
     spans = [(start + sentence.tree.units[w].start, start + sentence.tree.units[w].end) for w in sentence.words]
     in_text = (anchors >= start) & (anchors < start + len(sentence.text))

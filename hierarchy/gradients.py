@@ -69,10 +69,6 @@ class TokenAttributions:
     """Sequences pushed through the model (forward and backward), interpolation points included."""
     completeness: dict | None = None
 
-    @property
-    def signed(self) -> bool:
-        return self.method not in UNSIGNED_METHODS
-
     def for_units(self, tree: FeatureTree, unit_ids: Sequence[str]) -> np.ndarray:
         """(units, columns): each unit's tokens summed."""
         rows = []
@@ -104,7 +100,7 @@ def token_attributions(
         raise ValueError(f"method: {method!r} is not a gradient method; use one of {GRADIENT_METHODS}")
     encoded = scorer.tokenizer(full_prompt, return_offsets_mapping=True)
     ids = torch.tensor([encoded["input_ids"]], device=scorer.device)
-    anchors = np.array([_anchor(full_prompt, s, e) for s, e in encoded["offset_mapping"]])
+    anchors = np.array([token_anchor(full_prompt, s, e) for s, e in encoded["offset_mapping"]])
     movable = np.zeros(len(anchors), dtype=bool)
     for start, end in zip(text_starts, text_ends):
         if start >= 0:
@@ -158,7 +154,7 @@ def token_attributions(
     return TokenAttributions(method, values, anchors, list(text_starts), counter.rows, completeness)
 
 
-def _anchor(text: str, start: int, end: int) -> int:
+def token_anchor(text: str, start: int, end: int) -> int:
     """First non-space character of a token (-1 for special tokens and pure whitespace)."""
     while start < end and text[start].isspace():
         start += 1
