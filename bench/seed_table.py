@@ -179,18 +179,23 @@ def probability_of(explainer: Explainer, sentence: Sentence) -> Callable[[np.nda
 def main() -> None:
     cli = parser(__doc__.splitlines()[0])
     cli.add_argument("--sentences", type=int, help="how many sentences (default 8 with --quick, else 50)")
+    cli.add_argument("--methods", help="comma-separated LongSHAP names of the rows to run (default: all)")
     args = cli.parse_args()
+    chosen = {name: pair for name, pair in METHODS.items() if not args.methods or pair[0] in args.methods.split(",")}
+    if not chosen:
+        cli.error(f"--methods: none of {args.methods!r} is one of {[pair[0] for pair in METHODS.values()]}")
+    perturbation = any(theirs in ("fa", "svs", "kernel") for _, theirs in chosen.values())
     count, max_words = (QUICK_SENTENCES, QUICK_MAX_WORDS) if args.quick else (FULL_SENTENCES, MAX_WORDS)
     count = args.sentences or count
     explainer = Explainer.from_pretrained(args.model)
-    sides = [(name, side) for name in METHODS for side in ("LongSHAP", "Captum")]
+    sides = [(name, side) for name in chosen for side in ("LongSHAP", "Captum")]
     figures = {key: {m: [] for m in ("seconds", "evaluations", "suff", "comp", "aopc_suff", "aopc_comp", "mae")} for key in sides}
     words = []
     for seed, text in enumerate(sentences(count, max_words, seed=0)):
         sentence = frame(explainer, text)
         probability = probability_of(explainer, sentence)
-        exact = run_longshap(explainer, sentence, "exact").values
-        for name, (ours, theirs) in METHODS.items():
+        exact = run_longshap(explainer, sentence, "exact").values if perturbation else None
+        for name, (ours, theirs) in chosen.items():
             runs = {"LongSHAP": run_longshap(explainer, sentence, ours)}
             if theirs in ("fa", "svs", "kernel"):
                 runs["Captum"] = run_captum_perturbation(explainer, sentence, theirs, seed)

@@ -200,11 +200,17 @@ class _Value:
         with torch.no_grad():
             self.embedded = [scorer.model.get_input_embeddings()(tokens) for tokens in self.continuations]
         self.columns = columns
-        self.extra_tokens = max(len(c) for c in continuations)
+        self.single = all(len(c) == 1 for c in continuations)
+        """Every continuation is one token (typical labels): one pass, all read at the prompt's last position."""
+        self.extra_tokens = 0 if self.single else max(len(c) for c in continuations)
 
     def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
         import torch
 
+        if self.single:
+            hidden = self.scorer.backbone(inputs_embeds=embeds, use_cache=False).last_hidden_state[:, -1:]
+            logprobs = torch.log_softmax(self.scorer._logits(hidden), dim=-1)
+            return self.columns([logprobs[:, 0, tokens] for tokens in self.continuations])
         scores = []
         for tokens, embedded in zip(self.continuations, self.embedded):
             appended = embedded[None].expand(embeds.shape[0], -1, -1).to(embeds.dtype)
