@@ -113,4 +113,4 @@ def test_chromium_draws_the_bars_and_the_token_heatmap(report, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     widths = [float(w) for w in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="([\d.]+)"', result.stdout)]
     assert widths and max(widths) > 100  # the top unit's bar spans most of its half of the chart
-    assert re.search(r'<table class="tokens"[^>]*>.*<td style="background:rgba\(', result.stdout, re.S)
+    assert re.search(r'<table class="tokens"[^>]*>.*<td style="background:rgba\(', result.stdout, re.DOTALL)
