@@ -63,6 +63,7 @@ def explain_request(
     target_stderr: float | None = None,
     max_new_tokens: int | None = None,
     speculative: bool = False,
+    baseline: str = "",
 ) -> pb.ExplainRequest:
     """Build an ExplainRequest: a QA prompt (question, documents) or a classification one (text, labels)."""
     if text is not None or labels is not None:
@@ -73,7 +74,7 @@ def explain_request(
     return pb.ExplainRequest(
         model=model, target=target, levels=list(levels), thresholds=_per_level(thresholds), max_expanded=_per_level(max_expanded),
         method=method, budget=budget, seed=seed, value=value, mode=mode, placeholder=placeholder,
-        target_stderr=target_stderr, max_new_tokens=max_new_tokens, speculative=speculative, **prompt,
+        target_stderr=target_stderr, max_new_tokens=max_new_tokens, speculative=speculative, baseline=baseline, **prompt,
     )
 
 

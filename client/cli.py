@@ -187,6 +187,14 @@ def _explain(args: argparse.Namespace, request: pb.ExplainRequest, documents: li
         args.html.parent.mkdir(parents=True, exist_ok=True)
         args.html.write_text(html_report(explanation, documents, question), encoding="utf-8")
         print(f"wrote {args.html}", file=sys.stderr)
+    if args.png:
+        from longshap.client.plot import write_png
+
+        try:
+            write_png(explanation, args.png)
+        except RuntimeError as error:
+            raise UsageError(str(error)) from None
+        print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
 
@@ -211,7 +219,7 @@ def _common_request(args: argparse.Namespace) -> dict:
         thresholds=args.threshold, max_expanded=args.max_expanded, method=args.method or "", budget=args.budget,
         seed=args.seed, value=args.value or "", mode=args.mode or "", instruction=args.instruction or "",
         placeholder=args.placeholder, target_stderr=args.target_stderr, max_new_tokens=args.max_new_tokens,
-        speculative=args.speculative,
+        speculative=args.speculative, baseline=args.baseline or "",
     )
 
 
@@ -296,6 +304,7 @@ def _explanation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=per_level(float), help="expansion threshold: one for every level, or e.g. document=0.2,sentence=0.1")
     parser.add_argument("--max-expanded", type=per_level(int), help="most units expanded per level: one number, or e.g. document=2,sentence=4")
     parser.add_argument("--method", help=f"estimator: {' | '.join(method_names())}")
+    parser.add_argument("--baseline", choices=("zero", "pad"), help="integrated_gradients' baseline embedding (default zero)")
     parser.add_argument("--budget", type=int, help="model evaluations per level")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--value", help="logprob | probability | answers | label")
@@ -307,6 +316,7 @@ def _explanation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruction", help="replaces the default instruction")
     parser.add_argument("--json", action="store_true", help="print the explanation as the engine's JSON")
     parser.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")
+    parser.add_argument("--png", type=Path, metavar="FILE", help="also write a figure (needs matplotlib: pip install 'longshap[plot]')")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 

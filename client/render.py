@@ -8,6 +8,7 @@ explained unit sets the colour.
 from __future__ import annotations
 
 import html
+import math
 from typing import Callable, Sequence
 
 POSITIVE = (22, 163, 74)
@@ -65,8 +66,26 @@ def _document_body(explanation: dict, documents: Sequence[dict], index: int, wra
     return _walk(text, top, 0, len(text), by_parent, wrap, plain)
 
 
+def _stderr(value: float) -> str:
+    """Gradient methods sample nothing: their NaN standard error reads 'n/a'; an error the samples
+    cannot determine (inf: too few for the unit's game) reads 'unknown', never a number."""
+    if math.isnan(value):
+        return "n/a"
+    return "unknown" if math.isinf(value) else f"{value:.4f}"
+
+
 def _label(feature: dict) -> str:
-    return f"{feature['id']}: {feature['value']:+.4f} ± {feature['stderr']:.4f}"
+    return f"{feature['id']}: {feature['value']:+.4f} ± {_stderr(feature['stderr'])}"
+
+
+def top_features(level: dict, count: int) -> list[dict]:
+    """The level's `count` units of largest |value|, most important first."""
+    return sorted(level["features"], key=lambda f: -abs(f["value"]))[:count]
+
+
+def short(text: str, width: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ---- terminal -------------------------------------------------------------------------------------------
@@ -94,7 +113,7 @@ def terminal_level(level, colour: bool, top: int = 8) -> str:
         if colour:
             text = _ansi(*shade(feature.value, scale), text)
         mark = "▶" if feature.expanded else " "
-        lines.append(f"  {mark} {feature.id:<10} {feature.value:+9.4f} ± {feature.stderr:.4f}  {text}")
+        lines.append(f"  {mark} {feature.id:<10} {feature.value:+9.4f} ± {_stderr(feature.stderr)}  {text}")
     return "\n".join(lines)
 
 
@@ -110,7 +129,7 @@ def terminal_view(explanation: dict, documents: Sequence[dict], colour: bool) ->
     lines = [f"answer: {explanation['answer']!r}  (value {explanation['value_function']}, total effect {explanation['total_effect']:+.4f})"]
     for index, feature in ranked_documents(explanation, documents):
         title = documents[index].get("title") or f"document {index}"
-        score = f"{feature['value']:+.4f} ± {feature['stderr']:.4f}" if feature else ""
+        score = f"{feature['value']:+.4f} ± {_stderr(feature['stderr'])}" if feature else ""
         lines.append(f"\n[d{index}] {title}  {score}")
         lines.append("  " + _document_body(explanation, documents, index, wrap, lambda s: s).replace("\n", " "))
     return "\n".join(lines)
@@ -123,7 +142,79 @@ body{font:15px/1.6 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding
 h1{font-size:1.3rem} .meta{color:#555} .doc{border:1px solid #ddd;border-radius:8px;padding:.6rem 1rem;margin:1rem 0}
 .doc h2{font-size:1rem;margin:.2rem 0} .score{font-family:monospace;color:#333;font-weight:normal}
 .hl{border-radius:3px;cursor:help} .hl .hl{padding:0 1px} .key span{padding:0 .4rem;border-radius:3px}
+h2.part{font-size:1.1rem;margin-top:2rem} .chart text{font:12px system-ui,sans-serif}
+table.tokens{border-collapse:collapse;font:13px/1.3 system-ui,sans-serif;margin:.5rem 0 1.5rem}
+table.tokens th,table.tokens td{border:1px solid #ddd;padding:.2rem .45rem;text-align:right;font-variant-numeric:tabular-nums}
+table.tokens th.unit{text-align:left;font-weight:normal;max-width:22rem}
 """
+TOP_UNITS = 10
+BAR_WIDTH, BAR_HEIGHT, LABEL_WIDTH = 300, 22, 320
+
+
+def _rgba(value: float, scale: float, strength: float = 0.6) -> str:
+    (r, g, b), alpha = shade(value, scale)
+    return f"rgba({r},{g},{b},{alpha * strength:.3f})"
+
+
+def bar_chart(level: dict) -> str:
+    """Inline SVG: the level's top units by |value|, bars to the right (raise) or left (lower) of zero."""
+    top = top_features(level, TOP_UNITS)
+    scale = max((abs(f["value"]) for f in top), default=0.0) or 1.0
+    zero = LABEL_WIDTH + BAR_WIDTH / 2
+    rows = []
+    for i, feature in enumerate(top):
+        y = i * BAR_HEIGHT
+        length = abs(feature["value"]) / scale * (BAR_WIDTH / 2 - 4)
+        x = zero if feature["value"] >= 0 else zero - length
+        colour = "rgb({},{},{})".format(*(POSITIVE if feature["value"] >= 0 else NEGATIVE))
+        rows.append(
+            f'<g class="bar" data-id="{feature["id"]}"><title>{html.escape(_label(feature))}</title>'
+            f'<text x="{LABEL_WIDTH - 6}" y="{y + 15}" text-anchor="end">{html.escape(short(feature["text"]))}</text>'
+            f'<rect x="{x:.1f}" y="{y + 3}" width="{max(length, 1):.1f}" height="{BAR_HEIGHT - 6}" fill="{colour}"/>'
+            f'<text x="{zero + BAR_WIDTH / 2 + 4}" y="{y + 15}">{feature["value"]:+.4f}</text></g>'
+        )
+    height = max(1, len(top)) * BAR_HEIGHT
+    width = LABEL_WIDTH + BAR_WIDTH + 80
+    return (
+        f'<svg class="chart" data-level="{level["level"]}" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'xmlns="http://www.w3.org/2000/svg" role="img" aria-label="top {level["level"]} units">'
+        f'<line x1="{zero}" y1="0" x2="{zero}" y2="{height}" stroke="#888"/>{"".join(rows)}</svg>'
+    )
+
+
+def token_table(explanation: dict, level: dict) -> str:
+    """Output-token x input-unit heatmap: the level's top units, one column per answer token, then their sum."""
+    tokens = explanation.get("answer_tokens")
+    top = [f for f in top_features(level, TOP_UNITS) if f.get("values_by_token")]
+    if not tokens or not top:
+        return ""
+    scale = max(abs(v) for f in top for v in f["values_by_token"]) or 1.0
+    head = "".join(f"<th>{html.escape(repr(token)[1:-1])}</th>" for token in tokens)
+    rows = []
+    for feature in top:
+        cells = "".join(
+            f'<td style="background:{_rgba(v, scale)}" title="{html.escape(feature["id"])} → {html.escape(token)}">{v:+.3f}</td>'
+            for v, token in zip(feature["values_by_token"], tokens)
+        )
+        rows.append(
+            f'<tr data-id="{feature["id"]}"><th class="unit" title="{html.escape(feature["text"])}">{html.escape(short(feature["text"]))}</th>'
+            f'{cells}<td><b>{feature["value"]:+.3f}</b></td></tr>'
+        )
+    return (
+        f'<table class="tokens" data-level="{level["level"]}"><thead><tr><th class="unit">{level["level"]} \\ answer token</th>{head}<th>Σ</th></tr></thead>'
+        f'<tbody>{"".join(rows)}</tbody></table>'
+    )
+
+
+def charts(explanation: dict) -> str:
+    """Per level: the bar chart of its top units, and the token table when the value has per-token columns."""
+    parts = []
+    for level in explanation["levels"]:
+        parts.append(f'<h2 class="part">Top {level["level"]} units ({level["method"]})</h2>{bar_chart(level)}')
+        table = token_table(explanation, level)
+        if table:
+            parts.append(f'<h2 class="part">{level["level"].capitalize()} units × answer tokens</h2>{table}')
+    return "".join(parts)
 
 
 def _css_background(feature: dict, scale: float) -> str:
@@ -156,6 +247,12 @@ def html_report(explanation: dict, documents: Sequence[dict], question: str = ""
         f"value function {explanation['value_function']}, total effect {explanation['total_effect']:+.4f}; "
         f"{stats.get('evaluations', 0)} evaluations, {stats.get('forward_tokens', 0)} forwarded tokens, {stats.get('wall_seconds', 0):.1f} s"
     )
+    completeness = (explanation.get("extras") or {}).get("gradients", {}).get("completeness")
+    if completeness:
+        check = completeness.get("sequence") or {"attribution_sum": completeness["attribution_sum"][0],
+                                                 "effect": completeness["f_input"][0] - completeness["f_baseline"][0]}
+        meta += (f"; Integrated Gradients ({completeness['steps']} steps): attributions sum to {check['attribution_sum']:+.4f}, "
+                 f"f(input) − f(baseline) = {check['effect']:+.4f}")
     heading = f"<p><b>Question:</b> {html.escape(question)}</p>" if question else ""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>LongSHAP explanation</title>"
@@ -165,5 +262,6 @@ def html_report(explanation: dict, documents: Sequence[dict], question: str = ""
         '<p class="key"><span style="background:rgba(22,163,74,.5)">raises the answer</span> '
         '<span style="background:rgba(220,38,38,.5)">lowers it</span> — hover a highlight for its value ± standard error</p>'
         + "".join(sections)
+        + charts(explanation)
         + "</body></html>\n"
     )

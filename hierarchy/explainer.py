@@ -18,6 +18,7 @@ from longshap.hierarchy.estimators import Progress, get_estimator
 from longshap.hierarchy.estimators.base import Estimator
 from longshap.hierarchy.request import ExplainRequest, RequestError
 from longshap.hierarchy.games import MemoisedGame, pad_columns
+from longshap.hierarchy.gradients import UNSIGNED_METHODS, TokenAttributions, check_gradient_options, is_gradient_method
 from longshap.hierarchy.prompt import ClassificationPrompt, QAPrompt
 from longshap.hierarchy.results import (
     AnswerEvent,
@@ -54,6 +55,8 @@ class _Run:
     started: float
     stats_before: dict
     answer_event: AnswerEvent
+    gradients: TokenAttributions | None = None
+    """Token attributions of a gradient method, computed once and summed onto every level's units."""
 
 
 class Explainer:
@@ -107,6 +110,9 @@ class Explainer:
         bench/speculative.py); `should_stop` is polled between batches and decoder layers.
         The request is checked here, before the first event is asked for, so a bad one
         fails at the call (RequestError) rather than when the stream is consumed.
+        Gradient methods ("integrated_gradients", "saliency", "input_x_gradient", see
+        hierarchy.gradients) take `baseline` ("zero" or "pad", Integrated Gradients only)
+        and read `budget` as Integrated Gradients' steps.
         """
         if request is None:
             request = ExplainRequest.build(**options)
@@ -127,8 +133,12 @@ class Explainer:
             game = RequestGame(lambda absent: prompt.render(tree, absent), value_fn, should_stop)
             top_units = frozenset(tree.expand(ROOT, "document"))
             full_value, empty_value = game.values([frozenset(), top_units])
+            gradients = self._gradients(prompt, tree, value_fn, request) if is_gradient_method(request.method) else None
             yield from self._levels(
-                _Run(request, tree, game, value_fn, _as_row(full_value), _as_row(empty_value), on_progress, started, stats_before, answer_event)
+                _Run(
+                    request, tree, game, value_fn, _as_row(full_value), _as_row(empty_value), on_progress, started, stats_before,
+                    answer_event, gradients,
+                )
             )
         finally:
             self.scorer.should_stop = None
@@ -175,6 +185,13 @@ class Explainer:
             return self._classification_target(prompt, full_prompt, request.target, request.max_new_tokens)
         return self._qa_target(full_prompt, request.target, request.max_new_tokens)
 
+    def _gradients(self, prompt, tree: FeatureTree, value_fn, request: ExplainRequest) -> TokenAttributions:
+        from longshap.hierarchy.gradients import token_attributions
+
+        starts = prompt.text_starts(tree)
+        ends = [start + len(doc.text) for start, doc in zip(starts, prompt.documents)]
+        return token_attributions(self.scorer, prompt.render(tree), starts, ends, value_fn, request.method, request.baseline, request.budget)
+
     def _qa_target(self, full_prompt: str, target: str | None, max_new_tokens: int) -> tuple[Target, AnswerEvent]:
         if target is not None:
             return Target(full_prompt, answer=target, max_new_tokens=max_new_tokens), AnswerEvent(target, "given")
@@ -199,7 +216,7 @@ class Explainer:
 
     def _levels(self, run: _Run) -> Iterator:
         tree, game, value_fn, options = run.tree, run.game, run.value_fn, run.request
-        estimator = get_estimator(options.method)
+        estimator = None if run.gradients is not None else get_estimator(options.method)
         parents = [ROOT]
         results: list[Level] = []
         for depth, level in enumerate(options.levels):
@@ -208,12 +225,26 @@ class Explainer:
             tokens_before = (self.scorer.stats.forward_tokens, self.scorer.stats.reused_tokens)
             groups = [(parent, tree.expand(parent, level)) for parent in parents]
             groups = [(parent, children) for parent, children in groups if children]
-            budgets = self._split_budget(options.budget, estimator, [len(children) for _, children in groups])
+            if run.gradients is not None:  # one gradient computation, before the walk, serves every level
+                budgets = [0] * len(groups)
+                planned = run.gradients.forward_rows if depth == 0 else 0
+            else:
+                assert estimator is not None
+                budgets = self._split_budget(options.budget, estimator, [len(children) for _, children in groups])
+                planned = sum(budgets)
             placeholder_features = [self._feature(tree, unit, 0.0, 0.0, None, []) for _, children in groups for unit in children]
-            yield LevelStartEvent(level, placeholder_features, sum(budgets))
+            yield LevelStartEvent(level, placeholder_features, planned)
 
             level_values, level_stderr, order, used = [], [], [], []
             for index, ((parent, children), group_budget) in enumerate(zip(groups, budgets)):
+                if run.gradients is not None:
+                    attributed = run.gradients.for_units(tree, children)
+                    level_values.append(attributed)
+                    level_stderr.append(np.full_like(attributed, np.nan))  # nothing sampled: not applicable
+                    order.extend(children)
+                    used.append(options.method)
+                    continue
+                assert estimator is not None
                 unit_game = MemoisedGame(UnitGame(game, tree, parent, children, options.mode))
                 progress = self._progress_callback(run.on_progress, level, children, sum(budgets), game, evaluations_before)
                 rng = np.random.default_rng([options.seed, depth, index])
@@ -226,15 +257,18 @@ class Explainer:
             values = pad_columns(level_values)
             stderr = pad_columns(level_stderr)
             last = depth == len(options.levels) - 1
+            # Unsigned saliency is not in the value's units: its threshold is a share of the level's total saliency.
+            reference = (values.sum(axis=0), np.zeros(values.shape[1])) if options.method in UNSIGNED_METHODS else (run.full_value, run.empty_value)
             expanded = set() if last else self._choose_expansions(
-                order, values, stderr, (run.full_value, run.empty_value), value_fn, options.thresholds[level], options.max_expanded[level]
+                order, values, stderr, reference, value_fn, options.thresholds[level], options.max_expanded[level]
             )
             features = [
                 self._feature(tree, unit, values[i], stderr[i], value_fn, expanded)
                 for i, unit in enumerate(order)
             ]
+            evaluations = planned if run.gradients is not None else game.evaluations - evaluations_before
             result_level = Level(
-                level, features, game.evaluations - evaluations_before, options.thresholds[level], "+".join(dict.fromkeys(used)),
+                level, features, evaluations, options.thresholds[level], "+".join(dict.fromkeys(used)),
                 round(time.perf_counter() - level_started, 3),
                 forward_tokens=self.scorer.stats.forward_tokens - tokens_before[0],
                 reused_tokens=self.scorer.stats.reused_tokens - tokens_before[1],
@@ -286,7 +320,8 @@ class Explainer:
         if scale == 0.0:
             return set()
         sign = np.where(effect >= 0, 1.0, -1.0)
-        importance = np.max(sign * values[:, columns] - stderr[:, columns], axis=1)
+        # NaN stderr (gradient methods: nothing sampled) counts as none; inf still blocks expansion.
+        importance = np.max(sign * values[:, columns] - np.nan_to_num(stderr[:, columns], nan=0.0, posinf=np.inf), axis=1)
         passing = [i for i in np.argsort(-importance, kind="stable") if importance[i] >= threshold * scale]
         if cap is not None:
             passing = passing[:cap]
@@ -299,11 +334,13 @@ class Explainer:
         by_answer = None
         if value_fn is not None and value_fn.shares() is not None:
             by_answer = {value_fn.columns[c]: float(values[c]) for c in value_fn.visible_columns() if c < len(values)}
+        tokens = getattr(value_fn, "token_columns", None)
+        by_token = [float(v) for v in values[1 : 1 + len(tokens)]] if tokens is not None and len(values) > len(tokens) else None
         return Feature(
             id=unit.id, parent=unit.parent, text=unit.text, start=unit.start, end=unit.end,
             value=float(values[0]), stderr=float(stderr[0]), expanded=unit_id in expanded, doc=unit.doc,
             title=tree.documents[unit.doc].title, token_start=unit.token_start, token_end=unit.token_end,
-            values_by_answer=by_answer,
+            values_by_answer=by_answer, values_by_token=by_token,
         )
 
     def _explanation(self, run: _Run, levels: list[Level]) -> Explanation:
@@ -316,10 +353,15 @@ class Explainer:
             {"answer": value_fn.columns[c], "share": shares[c]} for c in value_fn.visible_columns()
         ]
         full, empty = float(run.full_value[0]), float(run.empty_value[0])
+        extras = {}
+        if run.gradients is not None:
+            extras["gradients"] = run.gradients.summary()
+            stats["gradient_rows"] = run.gradients.forward_rows
         return Explanation(
             answer=run.answer_event.answer, levels=levels, stats=stats, value_function=run.request.value, mode=run.request.mode,
             total_effect=full - empty, full_value=full, empty_value=empty,
             label_probabilities=run.answer_event.label_probabilities, answers=answers,
+            answer_tokens=getattr(value_fn, "token_columns", None), extras=extras,
         )
 
 

@@ -33,19 +33,32 @@ class QAPrompt:
                 raise ValueError(f"documents[{index}].text: must be non-empty")
 
     def render(self, tree: FeatureTree, absent: Collection[str] = ()) -> str:
-        blocks = []
+        return self._render(tree, absent)[0]
+
+    def text_starts(self, tree: FeatureTree) -> list[int]:
+        """Where each document's text begins in the full prompt: gradient methods map prompt tokens to units by it."""
+        return self._render(tree, ())[1]
+
+    def _render(self, tree: FeatureTree, absent: Collection[str]) -> tuple[str, list[int]]:
+        blocks, starts = [], []
+        offset = len(self.instruction) + 2
         for index, doc in enumerate(self.documents):
             removed = [(tree.units[u].start, tree.units[u].end) for u in absent if tree.units[u].doc == index]
             # A document with all its text removed is gone, title included: removing every
             # sentence must equal removing the document, or the levels are not one game.
             if f"d{index}" in absent or covers_text(doc.text, removed):
+                starts.append(-1)
                 if self.placeholder is not None:
                     blocks.append(f"Document: {self.placeholder}")
+                    offset += len(blocks[-1]) + 2
                 continue
             text = render_document(doc.text, removed, self.placeholder)
-            blocks.append(f"Document (Title: {doc.title}): {text}" if doc.title else f"Document: {text}")
+            head = f"Document (Title: {doc.title}): " if doc.title else "Document: "
+            starts.append(offset + len(head))
+            blocks.append(head + text)
+            offset += len(blocks[-1]) + 2
         context = "\n\n".join(blocks)
-        return f"{self.instruction}\n\n{context}\n\nQuestion: {self.question.strip()}\nAnswer:"
+        return f"{self.instruction}\n\n{context}\n\nQuestion: {self.question.strip()}\nAnswer:", starts
 
 
 @dataclass
@@ -78,5 +91,11 @@ class ClassificationPrompt:
             text = self.placeholder or ""
         else:
             text = render_document(self.text, removed, self.placeholder)
-        instruction = self.instruction.format(labels=", ".join(self.labels))
-        return f"{instruction}\n\nText: {text}\n{self.cue}"
+        return f"{self._head()}{text}\n{self.cue}"
+
+    def text_starts(self, tree: FeatureTree) -> list[int]:
+        """Where the text begins in the full prompt: gradient methods map prompt tokens to units by it."""
+        return [len(self._head())]
+
+    def _head(self) -> str:
+        return self.instruction.format(labels=", ".join(self.labels)) + "\n\nText: "

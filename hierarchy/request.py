@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from longshap.hierarchy.errors import RequestError
 from longshap.hierarchy.estimators import ESTIMATORS
+from longshap.hierarchy.gradients import BASELINES, GRADIENT_METHODS, check_gradient_options
 from longshap.hierarchy.segmentation import LEVELS, Document
 from longshap.hierarchy.subgames import MODES
 from longshap.hierarchy.values import VALUE_FUNCTIONS
@@ -29,18 +31,9 @@ MAX_SEED = 2**63 - 1
 """Seeds are non-negative and fit the wire's int64."""
 
 
-class RequestError(ValueError):
-    """A request the engine refuses; `field` names the offending option (e.g. 'documents[2].text')."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-
 def method_names() -> list[str]:
-    """Every method a request may name."""
-    return sorted(ESTIMATORS)
+    """Every method a request may name: the estimators of coalition games, then the gradient methods."""
+    return [*sorted(ESTIMATORS), *GRADIENT_METHODS]
 
 
 @dataclass(frozen=True)
@@ -65,6 +58,8 @@ class ExplainRequest:
     target_stderr: float | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     speculative: bool = False
+    baseline: str = "zero"
+    """Integrated Gradients' baseline embedding: zero | pad."""
 
     @property
     def classification(self) -> bool:
@@ -97,6 +92,7 @@ class ExplainRequest:
         target_stderr: float | None = None,
         max_new_tokens: int | None = None,
         speculative: bool = False,
+        baseline: str | None = None,
     ) -> ExplainRequest:
         """Check every option and fill in defaults; raise RequestError naming the first bad field."""
         classification = text is not None or labels is not None
@@ -109,22 +105,31 @@ class ExplainRequest:
                 raise RequestError("prompt", "QA needs question and documents (or give text and labels for classification)")
             prompt = {"question": _text(question, "question"), "documents": _documents(documents)}
         level_names = _levels(levels, CLASSIFICATION_LEVELS if classification else QA_LEVELS)
+        chosen_method = _choice(method or DEFAULT_METHOD, method_names(), "method", "method")
+        chosen_value = _value(value, classification)
+        chosen_baseline = baseline or "zero"
+        if chosen_baseline not in BASELINES:
+            raise RequestError("baseline", f"must be one of {BASELINES}, got {baseline!r}")
+        budget = _positive_int(budget, "budget")
+        if chosen_method in GRADIENT_METHODS:
+            check_gradient_options(chosen_method, chosen_value, chosen_baseline, budget)
         return cls(
             **prompt,
             instruction=_optional_text(instruction, "instruction"),
             placeholder=_optional_string(placeholder, "placeholder"),
             target=_target(target, prompt.get("labels")),
             levels=level_names,
-            method=_choice(method or DEFAULT_METHOD, method_names(), "method", "estimator"),
-            budget=_positive_int(budget, "budget"),
+            method=chosen_method,
+            budget=budget,
             seed=_seed(seed),
             mode=_choice(mode or DEFAULT_MODE, MODES, "mode", "mode"),
             thresholds=_per_level(thresholds, DEFAULT_THRESHOLDS, "thresholds", level_names, _non_negative_number),
             max_expanded=_per_level(max_expanded, DEFAULT_MAX_EXPANDED, "max_expanded", level_names, _cap),
-            value=_value(value, classification),
+            value=chosen_value,
             target_stderr=_target_stderr(target_stderr),
             max_new_tokens=_max_new_tokens(max_new_tokens),
             speculative=_flag(speculative, "speculative"),
+            baseline=chosen_baseline,
         )
 
 

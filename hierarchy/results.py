@@ -19,6 +19,8 @@ class Feature:
     token_start: int | None = None
     token_end: int | None = None
     values_by_answer: dict[str, float] | None = None
+    values_by_token: list[float] | None = None
+    """logprob/probability: the value split over the answer's tokens (Explanation.answer_tokens); sums to `value`."""
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Explanation:
     empty_value: float
     label_probabilities: dict[str, float] | None = None
     answers: list[dict] | None = None
+    answer_tokens: list[str] | None = None
     extras: dict = field(default_factory=dict)
 
     def level(self, name: str) -> Level:

@@ -234,19 +234,37 @@ class ModelScorer:
             )
             return np.vstack(per_row)
         rows = [(p, c) for p in range(len(prompts)) for c in range(len(continuations))]
-        sequences = [encoded[p] + list(continuations[c]) for p, c in rows]
+        per_token = self._token_logprobs([encoded[p] for p, _ in rows], [continuations[c] for _, c in rows])
+        return np.array([tokens.sum() for tokens in per_token]).reshape(len(prompts), len(continuations))
 
-        def score(batch: list[int]) -> list[float]:
-            keep = max(len(continuations[rows[i][1]]) for i in batch) + 1
+    @torch.inference_mode()
+    def continuation_token_logprobs(self, prompts: Sequence[str], continuation: Sequence[int]) -> np.ndarray:
+        """log p(token t | prompt, earlier tokens) of one continuation after each prompt: shape (m, len(continuation)).
+
+        The same passes as `continuation_logprobs` (whose value is each row's sum), so
+        per-token values cost nothing extra.
+        """
+        if len(continuation) == 0:
+            raise ValueError("every continuation needs at least one token")
+        encoded = [self.encode_prompt(p) for p in prompts]
+        self.stats.evaluations += len(prompts)
+        return np.vstack(self._token_logprobs(encoded, [continuation] * len(prompts)))
+
+    def _token_logprobs(self, encoded: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Per-token log-probabilities of continuations[i] after encoded[i], batched."""
+        sequences = [list(prompt) + list(tokens) for prompt, tokens in zip(encoded, continuations)]
+
+        def score(batch: list[int]) -> list[np.ndarray]:
+            keep = max(len(continuations[i]) for i in batch) + 1
             logprobs = self._last_logprobs([sequences[i] for i in batch], keep=keep)
             scores = []
             for j, index in enumerate(batch):
-                target = torch.tensor(continuations[rows[index][1]], device=self.device)
+                target = torch.tensor(continuations[index], device=self.device)
                 span = logprobs[j, keep - 1 - len(target) : keep - 1, :]
-                scores.append(span.gather(1, target[:, None]).sum().item())
+                scores.append(span.gather(1, target[:, None])[:, 0].double().cpu().numpy())
             return scores
 
-        return np.array(self._map_batches(sequences, score)).reshape(len(prompts), len(continuations))
+        return self._map_batches(sequences, score)
 
     def _last_logprobs(self, rows: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
         """Log-softmax over the vocabulary at the last `keep` positions of each row: (rows, keep, vocab).

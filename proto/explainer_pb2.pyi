@@ -35,7 +35,7 @@ class ClassificationPrompt(_message.Message):
     def __init__(self, instruction: _Optional[str] = ..., text: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "qa", "classification", "target", "levels", "thresholds", "max_expanded", "method", "budget", "seed", "value", "mode", "placeholder", "target_stderr", "max_new_tokens", "speculative")
+    __slots__ = ("model", "qa", "classification", "target", "levels", "thresholds", "max_expanded", "method", "budget", "seed", "value", "mode", "placeholder", "target_stderr", "max_new_tokens", "speculative", "baseline")
     class ThresholdsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class ExplainRequest(_message.Message):
     TARGET_STDERR_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
     model: str
     qa: QAPrompt
     classification: ClassificationPrompt
@@ -82,10 +83,11 @@ class ExplainRequest(_message.Message):
     target_stderr: float
     max_new_tokens: int
     speculative: bool
-    def __init__(self, model: _Optional[str] = ..., qa: _Optional[_Union[QAPrompt, _Mapping]] = ..., classification: _Optional[_Union[ClassificationPrompt, _Mapping]] = ..., target: _Optional[str] = ..., levels: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., max_expanded: _Optional[_Mapping[str, int]] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., seed: _Optional[int] = ..., value: _Optional[str] = ..., mode: _Optional[str] = ..., placeholder: _Optional[str] = ..., target_stderr: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., speculative: _Optional[bool] = ...) -> None: ...
+    baseline: str
+    def __init__(self, model: _Optional[str] = ..., qa: _Optional[_Union[QAPrompt, _Mapping]] = ..., classification: _Optional[_Union[ClassificationPrompt, _Mapping]] = ..., target: _Optional[str] = ..., levels: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., max_expanded: _Optional[_Mapping[str, int]] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., seed: _Optional[int] = ..., value: _Optional[str] = ..., mode: _Optional[str] = ..., placeholder: _Optional[str] = ..., target_stderr: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., speculative: _Optional[bool] = ..., baseline: _Optional[str] = ...) -> None: ...
 
 class Feature(_message.Message):
-    __slots__ = ("id", "parent", "text", "start", "end", "value", "stderr", "expanded", "doc", "title", "token_start", "token_end", "values_by_answer")
+    __slots__ = ("id", "parent", "text", "start", "end", "value", "stderr", "expanded", "doc", "title", "token_start", "token_end", "values_by_answer", "values_by_token")
     class ValuesByAnswerEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +108,7 @@ class Feature(_message.Message):
     TOKEN_START_FIELD_NUMBER: _ClassVar[int]
     TOKEN_END_FIELD_NUMBER: _ClassVar[int]
     VALUES_BY_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    VALUES_BY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     id: str
     parent: str
     text: str
@@ -119,7 +122,8 @@ class Feature(_message.Message):
     token_start: int
     token_end: int
     values_by_answer: _containers.ScalarMap[str, float]
-    def __init__(self, id: _Optional[str] = ..., parent: _Optional[str] = ..., text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., value: _Optional[float] = ..., stderr: _Optional[float] = ..., expanded: _Optional[bool] = ..., doc: _Optional[int] = ..., title: _Optional[str] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ..., values_by_answer: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    values_by_token: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[str] = ..., parent: _Optional[str] = ..., text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., value: _Optional[float] = ..., stderr: _Optional[float] = ..., expanded: _Optional[bool] = ..., doc: _Optional[int] = ..., title: _Optional[str] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ..., values_by_answer: _Optional[_Mapping[str, float]] = ..., values_by_token: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AnswerEvent(_message.Message):
     __slots__ = ("answer", "source", "label_probabilities")
@@ -234,7 +238,7 @@ class Summary(_message.Message):
     def __init__(self, evaluations: _Optional[int] = ..., coalitions: _Optional[int] = ..., forward_tokens: _Optional[int] = ..., forward_passes: _Optional[int] = ..., decode_steps: _Optional[int] = ..., wall_seconds: _Optional[float] = ..., reused_tokens: _Optional[int] = ..., stats: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class DoneEvent(_message.Message):
-    __slots__ = ("answer", "value_function", "mode", "total_effect", "full_value", "empty_value", "label_probabilities", "answers", "summary", "request_id", "explanation_json")
+    __slots__ = ("answer", "value_function", "mode", "total_effect", "full_value", "empty_value", "label_probabilities", "answers", "summary", "request_id", "explanation_json", "answer_tokens")
     class LabelProbabilitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +257,7 @@ class DoneEvent(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_JSON_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_TOKENS_FIELD_NUMBER: _ClassVar[int]
     answer: str
     value_function: str
     mode: str
@@ -264,7 +269,8 @@ class DoneEvent(_message.Message):
     summary: Summary
     request_id: str
     explanation_json: str
-    def __init__(self, answer: _Optional[str] = ..., value_function: _Optional[str] = ..., mode: _Optional[str] = ..., total_effect: _Optional[float] = ..., full_value: _Optional[float] = ..., empty_value: _Optional[float] = ..., label_probabilities: _Optional[_Mapping[str, float]] = ..., answers: _Optional[_Iterable[_Union[AnswerShare, _Mapping]]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., request_id: _Optional[str] = ..., explanation_json: _Optional[str] = ...) -> None: ...
+    answer_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, answer: _Optional[str] = ..., value_function: _Optional[str] = ..., mode: _Optional[str] = ..., total_effect: _Optional[float] = ..., full_value: _Optional[float] = ..., empty_value: _Optional[float] = ..., label_probabilities: _Optional[_Mapping[str, float]] = ..., answers: _Optional[_Iterable[_Union[AnswerShare, _Mapping]]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., request_id: _Optional[str] = ..., explanation_json: _Optional[str] = ..., answer_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExplainEvent(_message.Message):
     __slots__ = ("answer", "level_start", "progress", "level", "done")

@@ -48,6 +48,7 @@ def explain_options(request: pb.ExplainRequest) -> dict:
         value=request.value or None,
         mode=request.mode or None,
         speculative=request.speculative,
+        baseline=request.baseline or None,
     )
     return options
 
@@ -57,6 +58,7 @@ def _feature_to_proto(feature: Any) -> pb.Feature:
         id=feature.id, parent=feature.parent, text=feature.text, start=feature.start, end=feature.end,
         value=feature.value, stderr=feature.stderr, expanded=feature.expanded, doc=feature.doc, title=feature.title,
         token_start=feature.token_start, token_end=feature.token_end, values_by_answer=feature.values_by_answer or {},
+        values_by_token=feature.values_by_token or [],
     )
 
 
@@ -93,7 +95,7 @@ def event_to_proto(event: Any, request_id: str = "") -> pb.ExplainEvent:
             answer=result.answer, value_function=result.value_function, mode=result.mode, total_effect=result.total_effect,
             full_value=result.full_value, empty_value=result.empty_value, label_probabilities=result.label_probabilities or {},
             answers=[pb.AnswerShare(answer=a["answer"], share=a["share"]) for a in result.answers or []],
-            summary=summary_proto(result.stats), request_id=request_id,
+            summary=summary_proto(result.stats), request_id=request_id, answer_tokens=result.answer_tokens or [],
             explanation_json=json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=True),
         ))
     raise TypeError(f"unknown engine event {event!r}")

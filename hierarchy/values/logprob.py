@@ -1,4 +1,9 @@
-"""Log-probability of the target answer under teacher forcing: no decoding, one pass per coalition."""
+"""Log-probability of the target answer under teacher forcing: no decoding, one pass per coalition.
+
+Besides the answer's value (column 0) it returns one column per answer token, read
+from the same forward pass: log p(token t | prompt, earlier answer tokens). They add
+up to column 0, so every unit's per-token attributions add up to its attribution.
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
@@ -22,6 +27,14 @@ class TargetLogProb(FixedColumns):
         self.answer = target.answer.strip()
         self.tokens = scorer.continuation_ids(target.full_prompt, " " + self.answer)
         self.columns = [self.answer]
+        self.token_columns = [scorer.tokenizer.decode([token]) for token in self.tokens]
+        """The answer's tokens as text: columns 1.. of every output row, after the answer's own value."""
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
-        return self.scorer.continuation_logprobs(prompts, [self.tokens])[:, 0]
+        per_token = self.scorer.continuation_token_logprobs(prompts, self.tokens)
+        return self.combine(per_token)
+
+    @staticmethod
+    def combine(per_token: np.ndarray) -> np.ndarray:
+        """(m, T) token log-probabilities -> (m, 1 + T): the answer's value, then each token's share of it."""
+        return np.hstack([per_token.sum(axis=1, keepdims=True), per_token])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import socket
 import sys
 
@@ -172,3 +173,19 @@ def test_bad_options_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
+
+
+def test_gradient_method_over_the_wire_and_the_png_figure(tiny_server, doc_files, tmp_path, capsys):
+    image_module = pytest.importorskip("PIL.Image")
+    png = tmp_path / "figure.png"
+    argv = ["explain", "--server", tiny_server.address, "--question", QUESTION, "--doc", doc_files[0], "--doc", doc_files[1],
+            "--target", "Paris", "--method", "integrated_gradients", "--baseline", "pad", "--budget", "16", "--json", "--png", str(png)]
+    got = _run_json(capsys, argv)
+    assert got["extras"]["gradients"]["method"] == "integrated_gradients"
+    assert got["extras"]["gradients"]["completeness"]["steps"] == 16
+    assert all(math.isnan(f["stderr"]) for level in got["levels"] for f in level["features"])
+    image = image_module.open(png).convert("RGB")
+    assert image.size[0] >= 1000 and image.size[1] >= 400
+    colours = image.getcolors(1 << 24)
+    tinted = sum(count for count, p in colours if max(p) - min(p) > 40)  # the red-to-green heatmap cells
+    assert tinted > 5000

@@ -1,6 +1,9 @@
 """The HTML report is self-contained and shows highlighted documents, sentences and words in headless Chromium."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import re
 import shutil
 import subprocess
@@ -38,7 +41,10 @@ def report(tiny_server, tmp_path_factory):
         (folder / f"{doc['title']}.txt").write_text(doc["text"], encoding="utf-8")
     path = folder / "report.html"
     argv = ["explain", "--server", tiny_server.address, "--question", QUESTION, "--budget", "30", "--json", "--html", str(path)]
-    assert main([*argv, *[arg for doc in DOCUMENTS for arg in ("--doc", str(folder / f"{doc['title']}.txt"))]]) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*argv, *[arg for doc in DOCUMENTS for arg in ("--doc", str(folder / f"{doc['title']}.txt"))]]) == 0
+    path.with_suffix(".json").write_text(out.getvalue(), encoding="utf-8")
     return path
 
 
@@ -56,7 +62,9 @@ def test_report_is_self_contained_with_values_on_hover(report):
     assert not page.external
     levels = {cls for span in page.spans for cls in span["class"].split()} - {"hl"}
     assert levels == {"sentence", "word"}
-    assert all(re.fullmatch(r"d\d(\.[sw]\d+)+: [+-]\d\.\d{4} ± \d\.\d{4}", span["title"]) for span in page.spans)
+    # 'unknown': the samples could not determine the error (inf), as the estimators report honestly at small budgets.
+    assert all(re.fullmatch(r"d\d(\.[sw]\d+)+: [+-]\d\.\d{4} ± (\d\.\d{4}|unknown)", span["title"]) for span in page.spans)
+    assert any(re.fullmatch(r".*± \d\.\d{4}", span["title"]) for span in page.spans)
     assert all(span["style"].startswith("background:rgba(") for span in page.spans)
 
 
@@ -83,3 +91,28 @@ def test_chromium_screenshot_shows_coloured_highlights(report, tmp_path):
     colours = image_module.open(shot).convert("RGB").getcolors(1 << 24)
     tinted = sum(count for count, p in colours if max(p) - min(p) > 25 and min(p) > 60)  # green or red highlights, not text or white
     assert tinted > 500
+
+
+def test_report_has_a_bar_chart_per_level_and_the_token_tables(report):
+    page = report.read_text(encoding="utf-8")
+    explanation = json.loads(report.with_suffix(".json").read_text(encoding="utf-8"))
+    levels = [level["level"] for level in explanation["levels"]]
+    assert re.findall(r'<svg class="chart" data-level="(\w+)"', page) == levels
+    assert re.findall(r'<table class="tokens" data-level="(\w+)"', page) == levels
+    tokens = explanation["answer_tokens"]
+    first = re.search(r'<table class="tokens".*?</table>', page).group()
+    assert first.count("<th>") == len(tokens) + 1  # one column per answer token, then their sum
+    top = max(explanation["levels"][0]["features"], key=lambda f: abs(f["value"]))
+    row = re.search(rf'<tr data-id="{re.escape(top["id"])}">.*?</tr>', first).group()
+    cells = [float(v) for v in re.findall(r"<td[^>]*>(?:<b>)?([+-]\d\.\d+)", row)]
+    assert cells[:-1] == pytest.approx([round(v, 3) for v in top["values_by_token"]], abs=1e-3)
+    assert cells[-1] == pytest.approx(sum(cells[:-1]), abs=2e-3)
+
+
+@needs_chromium
+def test_chromium_draws_the_bars_and_the_token_heatmap(report, tmp_path):
+    result = _chromium(tmp_path, "--dump-dom", report.as_uri())
+    assert result.returncode == 0, result.stderr[-2000:]
+    widths = [float(w) for w in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="([\d.]+)"', result.stdout)]
+    assert widths and max(widths) > 100  # the top unit's bar spans most of its half of the chart
+    assert re.search(r'<table class="tokens"[^>]*>.*<td style="background:rgba\(', result.stdout, re.DOTALL)

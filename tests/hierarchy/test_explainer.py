@@ -220,3 +220,15 @@ def test_auto_is_the_default_and_each_level_names_the_estimator_it_ran(tiny_expl
     assert documents.method == "leverage"  # the top level is a plain game with a generous default budget
     assert sentences.method == "kernel"  # Owen subgames draw outer contexts: auto hands them to kernel
     assert all(np.isfinite(f.value) for level in result.levels for f in level.features)
+@pytest.mark.parametrize("value", ["logprob", "probability"])
+def test_per_token_attributions_sum_to_the_answers(tiny_explainer, value):
+    """One column per answer token, from the same passes; every unit's token values add up to its value."""
+    docs = [{"title": "Paris", "text": "Paris is the capital of France. It is on the Seine."}]
+    result = tiny_explainer.explain(question="What is the capital of France?", documents=docs, target="Paris is", value=value, budget=24)
+    assert result.answer_tokens is not None and len(result.answer_tokens) >= 2
+    assert "".join(result.answer_tokens).strip() == "Paris is"
+    for level in result.levels:
+        for feature in level.features:
+            assert len(feature.values_by_token) == len(result.answer_tokens)
+            assert sum(feature.values_by_token) == pytest.approx(feature.value, abs=1e-9)
+    assert result.to_dict()["levels"][0]["features"][0]["values_by_token"] == result.levels[0].features[0].values_by_token

@@ -46,6 +46,8 @@ BAD_EXPLAIN = {
     "infinite threshold": (_qa(thresholds={"word": math.inf}), INVALID, "thresholds[word]"),
     "threshold for an unknown level": (_qa(thresholds={"paragraph": 0.1}), INVALID, "thresholds[paragraph]"),
     "negative max_expanded": (_qa(max_expanded={"document": -1}), INVALID, "max_expanded[document]"),
+    "unknown IG baseline": (_qa(method="integrated_gradients", baseline="mean"), INVALID, "baseline"),
+    "gradients of the answers value": (_qa(method="saliency", value="answers"), INVALID, "value"),
     "zero budget": (_qa(budget=0), INVALID, "budget"),
     "negative budget": (_qa(budget=-5), INVALID, "budget"),
     "budget over the limit": (_qa(budget=LIMITS.max_budget + 1), INVALID, "budget"),

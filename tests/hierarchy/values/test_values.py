@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from longshap.hierarchy.models import load_model
 from longshap.hierarchy.scorer import ModelScorer
@@ -32,12 +33,36 @@ def test_logprob_is_scorer_logprob_of_space_answer(scorer):
     tokens = scorer.continuation_ids(FULL, " the capital")
     assert value.tokens == tokens and len(tokens) > 1
     out = value(PROMPTS)
-    assert out.shape == (len(PROMPTS),)
-    np.testing.assert_allclose(out, scorer.continuation_logprobs(PROMPTS, [tokens])[:, 0], atol=1e-9)
+    assert out.shape == (len(PROMPTS), 1 + len(tokens))
+    np.testing.assert_allclose(out[:, 0], scorer.continuation_logprobs(PROMPTS, [tokens])[:, 0], atol=1e-5)
     assert np.all(out < 0)
     # A different answer is a different value.
     other = build_value_function("logprob", scorer, Target(FULL, answer="Berlin"))(PROMPTS)
-    assert not np.allclose(other, out)
+    assert not np.allclose(other[:, 0], out[:, 0])
+
+
+def test_logprob_token_columns_are_each_tokens_conditional_logprob(scorer):
+    value = build_value_function("logprob", scorer, Target(FULL, answer="the capital"))
+    assert value.token_columns == [scorer.tokenizer.decode([t]) for t in value.tokens]
+    out = value(PROMPTS)
+    np.testing.assert_allclose(out[:, 1:].sum(axis=1), out[:, 0], atol=1e-12)
+    for row, prompt in enumerate(PROMPTS):  # column 1 + t is log p(token t | prompt + the tokens before it), one plain forward
+        ids = scorer.encode_prompt(prompt) + value.tokens
+        with torch.no_grad():
+            logprobs = torch.log_softmax(scorer.model(torch.tensor([ids])).logits[0].double(), dim=-1)
+        start = len(ids) - len(value.tokens)
+        expected = [float(logprobs[start + t - 1, token]) for t, token in enumerate(value.tokens)]
+        np.testing.assert_allclose(out[row, 1:], expected, atol=1e-4)
+
+
+def test_per_token_scores_cost_no_extra_model_work(scorer):
+    value = build_value_function("logprob", scorer, Target(FULL, answer="the capital"))
+    before = scorer.stats.as_dict()
+    value(PROMPTS)
+    middle = scorer.stats.as_dict()
+    scorer.continuation_logprobs(PROMPTS, [value.tokens])
+    after = scorer.stats.as_dict()
+    assert {k: middle[k] - before[k] for k in before} == {k: after[k] - middle[k] for k in before}
 
 
 def test_logprob_rejects_empty_answer(scorer):
@@ -50,8 +75,11 @@ def test_probability_is_exp_logprob(scorer):
     target = Target(FULL, answer="Paris")
     logprob = build_value_function("logprob", scorer, target)(PROMPTS)
     probability = build_value_function("probability", scorer, target)(PROMPTS)
-    np.testing.assert_allclose(probability, np.exp(logprob), rtol=1e-12)
-    assert np.all((probability > 0) & (probability < 1))
+    np.testing.assert_allclose(probability[:, 0], np.exp(logprob[:, 0]), rtol=1e-12)
+    assert np.all((probability[:, 0] > 0) & (probability[:, 0] < 1))
+    # Token columns are the steps of the prefix probability: they add up to P(answer) - 1.
+    np.testing.assert_allclose(probability[:, 1:].sum(axis=1), probability[:, 0] - 1, atol=1e-12)
+    np.testing.assert_allclose(probability[:, 1], np.exp(logprob[:, 1]) - 1, atol=1e-12)
 
 
 def test_label_value_normalised_over_labels(scorer):
