@@ -213,6 +213,7 @@ class Explainer:
 
         tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
         self.scorer.should_stop = should_stop
+        self.scorer.prefix_kv.clear()  # prefixes are reused within a request: its values and counts never depend on earlier ones
         try:
             value, target_spec, answer_event = self._target(prompt, classification, tree, target, value, max_new_tokens)
             yield answer_event

@@ -9,6 +9,9 @@ Coalitions of one request differ only after the first removed unit, so rows are
 batched in lexicographic token order and each batch's longest common prefix is run
 once; its KV cache is repeated across the batch and only the suffixes are forwarded.
 The result is the same computation (up to float noise), with far fewer tokens.
+Prefixes computed for one batch stay in a bounded radix tree of KV caches
+(`hierarchy.prefix_cache`), so later batches, levels and requests only compute the
+part of their shared prefix that no earlier batch did.
 """
 from __future__ import annotations
 
@@ -18,13 +21,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
 
 from longshap.hierarchy.models import LoadedModel
+from longshap.hierarchy.prefix_cache import LayerStates, PrefixKVCache
 from longshap.hierarchy.speculative import AnswerTree, tree_masks, walk
 
 log = logging.getLogger(__name__)
 from longshap.hierarchy.errors import Cancelled
+
+
+DEFAULT_PREFIX_CACHE_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -35,6 +42,8 @@ class ScorerStats:
     forward_tokens: int = 0
     reused_tokens: int = 0
     """Prompt tokens not recomputed because their KV cache was shared with other rows."""
+    cached_tokens: int = 0
+    """... of which read from the prefix cache kept across batches (a subset of reused_tokens)."""
     forward_passes: int = 0
     decode_steps: int = 0
     tree_checks: int = 0
@@ -58,6 +67,8 @@ class ModelScorer:
     max_batch_size: int = 32
     reuse_prefix: bool = True
     min_shared_prefix: int = 8
+    prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES
+    """Bound on the KV states of prefixes kept across batches; 0 recomputes every batch's prefix."""
     draft: LoadedModel | None = None
     """A smaller model with the same tokenizer that proposes tokens when decoding is needed."""
     stats: ScorerStats = field(default_factory=ScorerStats)
@@ -71,6 +82,7 @@ class ModelScorer:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id or 0
         self.stop_ids = self._stop_token_ids()
+        self.prefix_kv = PrefixKVCache(self.prefix_cache_bytes if self.reuse_prefix else 0)
         self.backbone = getattr(self.model, self.model.base_model_prefix)
         self.head = self.model.get_output_embeddings()
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
@@ -167,6 +179,7 @@ class ModelScorer:
                 if len(batch) == 1:
                     raise
                 self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+                self.prefix_kv.clear()
                 log.warning("out of memory on a batch of %d rows; retrying in halves (max_batch_tokens=%d)", len(batch), self.max_batch_tokens)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -184,25 +197,61 @@ class ModelScorer:
         return ids.to(self.device), mask.to(self.device)
 
     def _shared_prefix(self, rows: Sequence[Sequence[int]], keep: int) -> int:
-        """Length of the prefix all rows share, leaving every row at least `keep` tokens of its own."""
-        if not self.reuse_prefix or len(rows) < 2:
+        """Length of the prefix all rows share, leaving every row at least `keep` tokens of its own.
+
+        A row alone only reads the prefix cache: storing every distinct prompt would
+        churn it for prefixes no other row asks for.
+        """
+        if not self.reuse_prefix:
             return 0
-        length = min(min(len(row) for row in rows) - keep, *(_common_prefix(rows[0], row) for row in rows[1:]))
+        limit = min(len(row) for row in rows) - keep
+        if len(rows) < 2:
+            length = min(limit, self.prefix_kv.match_length(rows[0]))
+        else:
+            length = min(limit, *(_common_prefix(rows[0], row) for row in rows[1:]))
         return length if length >= self.min_shared_prefix else 0
 
     def _prefix_cache(self, rows: Sequence[Sequence[int]], shared: int):
-        """KV cache of the rows' shared prefix, computed once and repeated across the batch."""
-        prefix = torch.tensor([list(rows[0][:shared])], dtype=torch.long, device=self.device)
-        cache = self.backbone(input_ids=prefix, use_cache=True).past_key_values
+        """KV cache of the rows' shared prefix, repeated across the batch.
+
+        Only the part beyond the longest prefix already in the cache is forwarded
+        (once); the result is stored for later batches.
+        """
+        prefix = list(rows[0][:shared])
+        cached, states = self.prefix_kv.lookup(prefix)
+        if cached < shared:
+            states = self._extend(prefix, cached, states)
+            self.prefix_kv.insert(prefix, cached, [(k[:, :, cached:], v[:, :, cached:]) for k, v in states])
+        # A cache typed by the model's config trims sliding-window layers to their window, as a fresh pass would.
+        cache = DynamicCache(config=self.model.config)
+        for layer, (keys, values) in enumerate(states):
+            cache.update(keys, values, layer)
         cache.batch_repeat_interleave(len(rows))
-        self._count_prefix(len(rows), shared)
+        self._count_prefix(len(rows), shared, cached)
         return cache
 
-    def _count_prefix(self, rows: int, shared: int) -> None:
-        """One pass over a shared prefix, whose tokens the other rows then reuse."""
-        self.stats.forward_passes += 1
-        self.stats.forward_tokens += shared
-        self.stats.reused_tokens += shared * (rows - 1)
+    def _extend(self, prefix: Sequence[int], cached: int, states: LayerStates | None) -> LayerStates:
+        """Full per-layer states of `prefix`, forwarding only tokens[cached:] on top of the cached states.
+
+        The cache here keeps every position on every layer (no window trimming), so the
+        stored states can later be cut at any point; sliding layers still attend within
+        their window through the mask, since positions equal cache indices.
+        """
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(states or []):
+            cache.update(keys, values, layer)
+        ids = torch.tensor([list(prefix[cached:])], dtype=torch.long, device=self.device)
+        positions = torch.arange(cached, len(prefix), device=self.device)[None, :]
+        cache = self.backbone(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).past_key_values
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _count_prefix(self, rows: int, shared: int, cached: int = 0) -> None:
+        """One pass over the uncached part of a shared prefix, whose tokens the other rows then reuse."""
+        if cached < shared:
+            self.stats.forward_passes += 1
+        self.stats.forward_tokens += shared - cached
+        self.stats.reused_tokens += shared * rows - (shared - cached)
+        self.stats.cached_tokens += cached
 
     def _count_pass(self, tokens: int) -> None:
         """One batched pass forwarding `tokens` non-pad tokens."""
