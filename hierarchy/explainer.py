@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from longshap.hierarchy.allocation import Allocation, Pooled, run_in_rounds, unsettled_units
 from longshap.hierarchy.estimators import Progress, default_budget, get_estimator
 from longshap.hierarchy.games import MemoisedGame, pad_columns
 from longshap.hierarchy.prompt import ClassificationPrompt, QAPrompt
@@ -130,6 +131,8 @@ class _Run:
     full_value: np.ndarray
     empty_value: np.ndarray
     target_stderr: float | None
+    allocation: Allocation | None
+    """Adaptive allocation (None: every game spends its budget in one run)."""
     on_progress: Callable[[ProgressEvent], None] | None
     started: float
     stats_before: dict
@@ -185,6 +188,9 @@ class Explainer:
         placeholder: str | None = None,
         instruction: str | None = None,
         target_stderr: float | None = None,
+        adaptive: bool = False,
+        total_budget: int | None = None,
+        confidence: float = 0.95,
         max_new_tokens: int = 20,
         speculative: bool = False,
         on_progress: Callable[[ProgressEvent], None] | None = None,
@@ -199,11 +205,19 @@ class Explainer:
         units instead of dropping them; `speculative` verifies already-seen answers of
         the `answers` value function in one pass (off by default: on a 2-core CPU with
         short answers it measured 0.92x, see bench/speculative.py); `should_stop` is
-        polled between batches.
+        polled between batches. `adaptive` runs each level's games in rounds and stops
+        once its expansion decisions and top-`max_expanded` order are settled at
+        `confidence` (see `hierarchy.allocation`); `total_budget` (implies adaptive)
+        bounds the evaluations of all levels together.
         """
         started = time.perf_counter()
         stats_before = self.scorer.stats.as_dict()
         self._check_common(method, budget, seed, mode, target_stderr, max_new_tokens)
+        if not isinstance(adaptive, bool):
+            raise ValueError(f"adaptive: must be true or false, got {adaptive!r}")
+        allocation = Allocation(confidence, total_budget)  # validated even when unused
+        if not adaptive and total_budget is None:
+            allocation = None
         prompt, classification = self._prompt(question, documents, text, labels, placeholder, instruction)
         levels = _levels(levels, CLASSIFICATION_LEVELS if classification else QA_LEVELS)
         thresholds = _per_level(thresholds, DEFAULT_THRESHOLDS, "thresholds", levels)
@@ -224,7 +238,7 @@ class Explainer:
             yield from self._levels(
                 _Run(
                     tree, request, value_fn, value, levels, method, budget, seed, mode, thresholds, caps,
-                    _as_row(full_value), _as_row(empty_value), target_stderr, on_progress, started, stats_before, answer_event,
+                    _as_row(full_value), _as_row(empty_value), target_stderr, allocation, on_progress, started, stats_before, answer_event,
                 )
             )
         finally:
@@ -334,29 +348,45 @@ class Explainer:
         estimator = get_estimator(run.method)
         parents = [ROOT]
         results: list[Level] = []
+        evaluations_at_start = request.evaluations
         for depth, level in enumerate(levels):
             level_started = time.perf_counter()
+            last = depth == len(levels) - 1
             evaluations_before = request.evaluations
             tokens_before = (self.scorer.stats.forward_tokens, self.scorer.stats.reused_tokens)
             groups = [(parent, tree.expand(parent, level)) for parent in parents]
             groups = [(parent, children) for parent, children in groups if children]
-            budgets = self._split_budget(run.budget, run.method, [len(children) for _, children in groups])
+            level_budget = run.budget
+            if run.allocation is not None:
+                level_budget = run.allocation.level_budget(run.budget, request.evaluations - evaluations_at_start, len(levels) - depth)
+                if level_budget is not None and level_budget < 1:
+                    break  # the total budget is spent: the explanation ends at the previous level
+            budgets = self._split_budget(level_budget, run.method, [len(children) for _, children in groups])
             placeholder_features = [self._feature(tree, unit, 0.0, 0.0, None, []) for _, children in groups for unit in children]
             yield LevelStartEvent(level, placeholder_features, sum(budgets))
 
-            level_values, level_stderr, order = [], [], []
-            for index, ((parent, children), group_budget) in enumerate(zip(groups, budgets)):
-                game = MemoisedGame(UnitGame(request, tree, parent, children, run.mode))
-                progress = self._progress_callback(run.on_progress, level, children, sum(budgets), request, evaluations_before)
-                rng = np.random.default_rng([run.seed, depth, index])
-                result = estimator.attribute(game, group_budget, rng, run.target_stderr, progress)
-                level_values.append(result.values)
-                level_stderr.append(result.stderr)
-                order.extend(children)
+            games = [MemoisedGame(UnitGame(request, tree, parent, children, run.mode)) for parent, children in groups]
+            rngs = [np.random.default_rng([run.seed, depth, index]) for index in range(len(groups))]
+            progress = [
+                self._progress_callback(run.on_progress, level, children, sum(budgets), request, evaluations_before)
+                for _, children in groups
+            ]
+            order = [unit for _, children in groups for unit in children]
+            if run.allocation is None:
+                results_by_game = [
+                    estimator.attribute(game, group_budget, rng, run.target_stderr, send)
+                    for game, group_budget, rng, send in zip(games, budgets, rngs, progress)
+                ]
+            else:
+                results_by_game = run_in_rounds(
+                    estimator, games, budgets, rngs, self._unsettled_games(run, level, last, groups),
+                    None if run.on_progress is None else lambda index, snapshot: progress[index](snapshot),
+                )
+            level_values = [result.values for result in results_by_game]
+            level_stderr = [result.stderr for result in results_by_game]
 
             values = pad_columns(level_values)
             stderr = pad_columns(level_stderr)
-            last = depth == len(levels) - 1
             expanded = set() if last else self._choose_expansions(
                 order, values, stderr, (run.full_value, run.empty_value), value_fn, run.thresholds[level], run.caps[level]
             )
@@ -377,6 +407,23 @@ class Explainer:
                 break
 
         yield DoneEvent(self._explanation(run, results))
+
+    def _unsettled_games(self, run: _Run, level: str, last: bool, groups) -> Callable[[list[Pooled]], list[bool]]:
+        """The adaptive stopping rule: which games still hold a unit whose expansion or top-k rank is unsettled."""
+        sizes = [len(children) for _, children in groups]
+        bounds = np.cumsum([0, *sizes])
+
+        def unsettled(pools: list[Pooled]) -> list[bool]:
+            values, stderr = pad_columns([p.values for p in pools]), pad_columns([p.stderr for p in pools])
+            importance = self._importance(values, stderr, (run.full_value, run.empty_value), run.value_fn)
+            if importance is None:  # no total effect: nothing is expanded and every value is noise around zero
+                return [False] * len(pools)
+            scores, score_stderr, scale = importance
+            threshold = None if last else run.thresholds[level] * scale
+            flags = unsettled_units(scores, score_stderr, threshold, run.caps[level], run.allocation.z)
+            return [bool(flags[start:end].any()) for start, end in zip(bounds[:-1], bounds[1:])]
+
+        return unsettled
 
     @staticmethod
     def _split_budget(budget: int | None, method: str, sizes: Sequence[int]) -> list[int]:
@@ -416,17 +463,29 @@ class Explainer:
         total = max(sum(counts), 1)
         return [c for c, count in enumerate(counts) if c == 0 or count / total >= VISIBLE_ANSWER_SHARE]
 
-    def _choose_expansions(self, order, values, stderr, reference, value_fn, threshold, cap) -> set[str]:
-        """TextGenSHAP's rule on every visible output: expand when sign*value - stderr >= threshold * |effect|."""
+    def _importance(self, values, stderr, reference, value_fn) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """Per unit, its value in the direction of the total effect and that value's stderr, on the visible
+        output where value - stderr is largest; with the effect's scale. None when there is no effect."""
         columns = [c for c in self._visible_columns(value_fn) if c < values.shape[1]]
         full, empty = (np.pad(r, (0, max(0, values.shape[1] - len(r))))[columns] for r in reference)
         effect = full - empty
         scale = float(np.max(np.abs(effect))) if len(effect) else 0.0
         if scale == 0.0:
-            return set()
+            return None
         sign = np.where(effect >= 0, 1.0, -1.0)
-        importance = np.max(sign * values[:, columns] - stderr[:, columns], axis=1)
-        passing = [i for i in np.argsort(-importance, kind="stable") if importance[i] >= threshold * scale]
+        signed, signed_stderr = sign * values[:, columns], stderr[:, columns]
+        best = np.argmax(signed - signed_stderr, axis=1)
+        rows = np.arange(len(values))
+        return signed[rows, best], signed_stderr[rows, best], scale
+
+    def _choose_expansions(self, order, values, stderr, reference, value_fn, threshold, cap) -> set[str]:
+        """TextGenSHAP's rule on every visible output: expand when sign*value - stderr >= threshold * |effect|."""
+        importance = self._importance(values, stderr, reference, value_fn)
+        if importance is None:
+            return set()
+        scores, score_stderr, scale = importance
+        margin = scores - score_stderr
+        passing = [i for i in np.argsort(-margin, kind="stable") if margin[i] >= threshold * scale]
         if cap is not None:
             passing = passing[:cap]
         return {order[i] for i in passing}
