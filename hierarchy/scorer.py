@@ -32,6 +32,8 @@ from longshap.hierarchy.errors import Cancelled
 
 
 DEFAULT_PREFIX_CACHE_BYTES = 512 * 2**20
+PASS_OVERHEAD_TOKENS = 64
+"""What one more forward pass costs, in forwarded tokens, when deciding where to close a batch."""
 
 
 @dataclass
@@ -135,7 +137,9 @@ class ModelScorer:
         sorted rows is that of its first and last), and a batch of k rows sharing L tokens
         is closed before a row that would cut the shared prefix to L' when that costs the
         batch more than the row gains, (L - L')(k - 1) > L': batches then follow the
-        groups of coalitions that share an outer context.
+        groups of coalitions that share an outer context. With the prefix cache across
+        batches the next batch finds L' cached, so closing only costs a pass, counted as
+        PASS_OVERHEAD_TOKENS: batches then follow the rows' prefix tree much more closely.
         Without reuse, longest first, which minimises padding.
         """
         if not self.reuse_prefix:
@@ -152,7 +156,9 @@ class ModelScorer:
             # The shared prefix runs once, so only the padded suffixes count against the budget.
             area = (len(current) + 1) * (grown - (narrowed if self.reuse_prefix else 0))
             full = area > self.max_batch_tokens or len(current) >= self.max_batch_size
-            wasteful = self.reuse_prefix and current and (shared - narrowed) * (len(current) - 1) > narrowed
+            # Closing recomputes the narrowed prefix, unless the prefix cache will hold it: then it only costs a pass.
+            closing = min(narrowed, PASS_OVERHEAD_TOKENS) if self.prefix_kv.max_bytes else narrowed
+            wasteful = self.reuse_prefix and current and (shared - narrowed) * (len(current) - 1) > closing
             if current and (full or wasteful):
                 batches.append(current)
                 current, grown, narrowed = [], len(row), len(row)
@@ -217,11 +223,7 @@ class ModelScorer:
         Only the part beyond the longest prefix already in the cache is forwarded
         (once); the result is stored for later batches.
         """
-        prefix = list(rows[0][:shared])
-        cached, states = self.prefix_kv.lookup(prefix)
-        if cached < shared:
-            states = self._extend(prefix, cached, states)
-            self.prefix_kv.insert(prefix, cached, [(k[:, :, cached:], v[:, :, cached:]) for k, v in states])
+        cached, states = self._prefix_states(list(rows[0][:shared]))
         # A cache typed by the model's config trims sliding-window layers to their window, as a fresh pass would.
         cache = DynamicCache(config=self.model.config)
         for layer, (keys, values) in enumerate(states):
@@ -229,6 +231,14 @@ class ModelScorer:
         cache.batch_repeat_interleave(len(rows))
         self._count_prefix(len(rows), shared, cached)
         return cache
+
+    def _prefix_states(self, prefix: list[int]) -> tuple[int, LayerStates]:
+        """Tokens of `prefix` found in the prefix cache, and the full states of `prefix` (computed and stored beyond those)."""
+        cached, states = self.prefix_kv.lookup(prefix)
+        if cached < len(prefix):
+            states = self._extend(prefix, cached, states)
+            self.prefix_kv.insert(prefix, cached, [(k[:, :, cached:], v[:, :, cached:]) for k, v in states])
+        return cached, states
 
     def _extend(self, prefix: Sequence[int], cached: int, states: LayerStates | None) -> LayerStates:
         """Full per-layer states of `prefix`, forwarding only tokens[cached:] on top of the cached states.
