@@ -25,7 +25,7 @@ from transformers import DynamicCache, GenerationConfig
 
 from longshap.hierarchy.models import LoadedModel
 from longshap.hierarchy.prefix_cache import LayerStates, PrefixKVCache
-from longshap.hierarchy.speculative import AnswerTree, tree_masks, walk
+from longshap.hierarchy.speculative import AnswerTree, Verdict, tree_masks, walk
 
 log = logging.getLogger(__name__)
 from longshap.hierarchy.errors import Cancelled
@@ -341,18 +341,24 @@ class ModelScorer:
         """Greedy answers (token ids, stop token excluded) for each prompt.
 
         With an answer tree, answers already in it are verified in one pass per batch
-        and only the rest are decoded, from where they left the tree.
+        and only the rest are decoded, from where they left the tree: from the
+        verification pass's own KV cache (no second prefill), or with the draft model.
         """
         encoded = [self.encode_prompt(p) for p in prompts]
         self.stats.evaluations += len(prompts)
         known: list[list[int]] = [[] for _ in prompts]
         pending = list(range(len(prompts)))
         if tree is not None and tree.size and self.tree_capable:
-            verdicts = self._map_batches(encoded, lambda batch: self._verify_batch([encoded[i] for i in batch], tree, max_new_tokens))
+            continue_here = self.draft is None
+            verdicts = self._map_batches(
+                encoded, lambda batch: self._verify_batch([encoded[i] for i in batch], tree, max_new_tokens, continue_here)
+            )
+            self.stats.tree_checks += len(prompts)
+            self.stats.tree_accepted += sum(verdict.answer is not None and not verdict.continued for verdict in verdicts)
+            if continue_here:
+                return [verdict.answer for verdict in verdicts]
             known = [verdict.prefix for verdict in verdicts]
             pending = [index for index, verdict in enumerate(verdicts) if verdict.answer is None]
-            self.stats.tree_checks += len(prompts)
-            self.stats.tree_accepted += len(prompts) - len(pending)
         answers = list(known)
         if self.draft is not None:
             for index in pending:
@@ -365,8 +371,13 @@ class ModelScorer:
             answers[index] = known[index] + tokens
         return answers
 
-    def _verify_batch(self, rows: Sequence[Sequence[int]], tree: AnswerTree, max_new_tokens: int):
-        """One forward pass of each prompt followed by the whole answer tree; the argmax walk gives each verdict."""
+    def _verify_batch(self, rows: Sequence[Sequence[int]], tree: AnswerTree, max_new_tokens: int, continue_diverged: bool = False):
+        """One forward pass of each prompt followed by the whole answer tree; the argmax walk gives each verdict.
+
+        With `continue_diverged`, rows that leave the tree are decoded on from this
+        pass's KV cache: their prompt and tree-path states are gathered into a
+        left-padded cache, so only the new tokens are forwarded.
+        """
         shared = 0 if self.sliding_window else self._shared_prefix(rows, keep=1)
         cache = self._prefix_cache(rows, shared) if shared else None
         width = max(len(row) - shared for row in rows)
@@ -378,13 +389,60 @@ class ModelScorer:
         positions, full, sliding = tree_masks([len(r) for r in rows], shared, width, tree, self.sliding_window, dtype, self.device)
         mask = {"full_attention": full, "sliding_attention": sliding} if sliding is not None else full
         self._count_pass(sum(len(row) - shared for row in rows) + tree.size * len(rows))
-        hidden = self.backbone(
+        if continue_diverged and cache is None:
+            cache = DynamicCache()  # every position kept (no window trimming): diverged rows gather theirs from it
+        out = self.backbone(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
-        ).last_hidden_state
+        )
+        hidden = out.last_hidden_state
         last = torch.tensor([len(row) - shared - 1 for row in rows], device=self.device)
         index = torch.cat([last[:, None], width + torch.arange(tree.size, device=self.device).expand(len(rows), -1)], dim=1)
         argmax = self._logits(hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))).argmax(-1).tolist()
-        return [walk(tree, row[0], row[1:], self.stop_ids, max_new_tokens) for row in argmax]
+        verdicts = [walk(tree, row[0], row[1:], self.stop_ids, max_new_tokens) for row in argmax]
+        diverged = [r for r, verdict in enumerate(verdicts) if verdict.answer is None]
+        if continue_diverged and diverged:
+            kept = [self._tree_path_indices(len(rows[r]), shared, width, tree, verdicts[r].prefix[:-1]) for r in diverged]
+            limits = [max_new_tokens - len(verdicts[r].prefix) for r in diverged]
+            tails = self._continue(out.past_key_values, diverged, kept, [verdicts[r].prefix[-1] for r in diverged], limits)
+            for r, tail in zip(diverged, tails):
+                verdicts[r] = Verdict(answer=verdicts[r].prefix + tail, prefix=verdicts[r].prefix, continued=True)
+        return verdicts
+
+    @staticmethod
+    def _tree_path_indices(length: int, shared: int, width: int, tree: AnswerTree, path: Sequence[int]) -> list[int]:
+        """Cache indices of a row's prompt tokens and of the tree nodes along `path`, in order."""
+        indices, node = list(range(length)), 0
+        for token in path:
+            node = tree.children[node][token]
+            indices.append(shared + width + node - 1)
+        return indices
+
+    def _continue(self, cache, rows: list[int], kept: list[list[int]], tokens: list[int], limits: list[int]) -> list[list[int]]:
+        """Greedy decoding of batch rows `rows` after `tokens`, from their cached states at `kept` indices."""
+        if max(limits) <= 0:
+            return [[] for _ in rows]
+        width = max(len(indices) for indices in kept)
+        batch = DynamicCache(config=self.model.config)
+        mask = torch.zeros((len(rows), width + 1), dtype=torch.long, device=self.device)
+        for r, indices in enumerate(kept):
+            mask[r, width - len(indices) :] = 1
+        mask[:, width] = 1
+        for layer, cached in enumerate(cache.layers):
+            keys = cached.keys.new_zeros((len(rows), cached.keys.shape[1], width, cached.keys.shape[3]))
+            values = torch.zeros_like(keys)
+            for r, (row, indices) in enumerate(zip(rows, kept)):
+                where = torch.tensor(indices, device=self.device)
+                keys[r, :, width - len(indices) :] = cached.keys[row, :, where]
+                values[r, :, width - len(indices) :] = cached.values[row, :, where]
+            batch.update(keys, values, layer)
+        positions = torch.tensor([[len(indices)] for indices in kept], device=self.device)
+        self.stats.decode_steps += 1
+        self.stats.forward_tokens += len(rows)
+        out = self.model(
+            input_ids=torch.tensor(tokens, device=self.device)[:, None], attention_mask=mask, position_ids=positions,
+            past_key_values=batch, use_cache=True,
+        )
+        return self._decode(out, mask, positions + 1, limits)
 
     def _draft_decode(self, row: Sequence[int], max_new_tokens: int) -> list[int]:
         """Greedy decoding of one row with transformers' assisted generation (the draft proposes, the target verifies)."""
@@ -419,9 +477,13 @@ class ModelScorer:
             mask = torch.cat([torch.ones((len(rows), shared), dtype=mask.dtype, device=self.device), mask], dim=1)
         self._count_pass(int(mask[:, shared:].sum()))
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return self._decode(out, mask, positions[:, -1:] + 1, limits)
+
+    def _decode(self, out, mask: torch.Tensor, next_position: torch.Tensor, limits: Sequence[int]) -> list[list[int]]:
+        """Greedy steps from a forward output whose last logits give each row's next token."""
+        rows = range(len(limits))
         answers: list[list[int]] = [[] for _ in rows]
         done = torch.tensor([limit <= 0 for limit in limits], dtype=torch.bool, device=self.device)
-        next_position = positions[:, -1:] + 1
         for _ in range(max(limits)):
             token = out.logits[:, -1, :].argmax(dim=-1)
             for r, t in enumerate(token.tolist()):

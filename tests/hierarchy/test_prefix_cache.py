@@ -125,3 +125,24 @@ def test_greedy_is_unchanged_by_the_cache(loaded):
     on = ModelScorer(loaded, max_batch_size=2)
     on.continuation_logprobs(prompts, [[5]])  # fill the cache first
     assert on.greedy(prompts, max_new_tokens=5) == ModelScorer(loaded, max_batch_size=2, prefix_cache_bytes=0).greedy(prompts, max_new_tokens=5)
+
+
+@pytest.mark.slow
+def test_default_model_values_equal_with_the_cache_beyond_its_sliding_window(default_explainer):
+    """Gemma 3 270M (window 512) on 10-passage NQ coalitions of ~1,500 tokens: cached prefixes change no value."""
+    from longshap.hierarchy.data import load_nq, nq_prompt
+
+    prompt = nq_prompt(load_nq(), 5, 9, seed=0)
+    loaded = default_explainer.loaded
+    request = {"question": prompt.question, "documents": prompt.documents, "target": prompt.answers[0], "levels": ("document",), "budget": 22}
+    on = default_explainer.explain(**request)
+    scorer = default_explainer.scorer
+    scorer.prefix_kv.max_bytes, bound = 0, scorer.prefix_kv.max_bytes
+    try:
+        off = default_explainer.explain(**request)
+    finally:
+        scorer.prefix_kv.max_bytes = bound
+    assert loaded.model.config.sliding_window < len(scorer.encode_prompt(prompt.question + " ".join(d["text"] for d in prompt.documents)))
+    np.testing.assert_allclose([f.value for f in on.levels[0].features], [f.value for f in off.levels[0].features], atol=1e-3)
+    assert on.stats["cached_tokens"] > 0 and off.stats["cached_tokens"] == 0
+    assert on.stats["forward_tokens"] < off.stats["forward_tokens"]
