@@ -100,15 +100,20 @@ def main() -> None:
             figures[f"p{passages}_{name}_evaluations"] = stats["coalitions"]
         figures[f"p{passages}_speedup"] = before_seconds / after.stats["wall_seconds"]
         figures[f"p{passages}_same_top"] = agree
-        print(f"{passages} passages done", flush=True)
+        _print(table, args.quick, explainer.loaded.name)
+    write_json(args.json, {**figures, "quick": args.quick, "nq_row": NQ_ROW})
+
+
+def _print(table: list, quick: bool, model: str) -> None:
+    """The table so far: printed after every prompt size, so a run cut short still reports what it measured."""
     print_table(
         ["passages", "answer", "run", "evaluations", "forwarded tok", "total tok", "forwarded share", "wall s", "speedup vs before",
          "time", "top doc/sent/word (after) | same as before"],
         table,
-        f"Long-context NQ (row {NQ_ROW}), document→sentence→word, {'quick budgets 4(n+1)/level' if args.quick else 'default budgets'}, "
-        f"{explainer.loaded.name}; before = no prefix cache, fixed budgets; after = prefix cache + adaptive allocation",
+        f"Long-context NQ (row {NQ_ROW}), document→sentence→word, {'quick budgets 4(n+1)/level' if quick else 'default budgets'}, "
+        f"{model}; before = no prefix cache, fixed budgets; after = prefix cache + adaptive allocation",
     )
-    write_json(args.json, {**figures, "quick": args.quick, "nq_row": NQ_ROW})
+    print(flush=True)
 
 
 def _before_costed(explainer: Explainer, prompt: NQPrompt, target: str, budget: int | None) -> tuple[dict, float]:
