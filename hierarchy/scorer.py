@@ -243,17 +243,21 @@ class ModelScorer:
     def _extend(self, prefix: Sequence[int], cached: int, states: LayerStates | None) -> LayerStates:
         """Full per-layer states of `prefix`, forwarding only tokens[cached:] on top of the cached states.
 
-        The cache here keeps every position on every layer (no window trimming), so the
-        stored states can later be cut at any point; sliding layers still attend within
-        their window through the mask, since positions equal cache indices.
+        The pass runs on a config-typed cache (sliding layers attend over their window
+        only, as in a fresh pass), while every layer's new states are recorded as they
+        are written, so the stored states stay complete and can later be cut anywhere.
         """
-        cache = DynamicCache()
+        cache = _RecordingCache(config=self.model.config)
         for layer, (keys, values) in enumerate(states or []):
             cache.update(keys, values, layer)
+        cache.recorded.clear()
         ids = torch.tensor([list(prefix[cached:])], dtype=torch.long, device=self.device)
         positions = torch.arange(cached, len(prefix), device=self.device)[None, :]
-        cache = self.backbone(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).past_key_values
-        return [(layer.keys, layer.values) for layer in cache.layers]
+        self.backbone(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+        new = [cache.recorded[layer] for layer in range(len(cache.recorded))]
+        if states is None:
+            return new
+        return [(torch.cat([k, nk], dim=2), torch.cat([v, nv], dim=2)) for (k, v), (nk, nv) in zip(states, new)]
 
     def _count_prefix(self, rows: int, shared: int, cached: int = 0) -> None:
         """One pass over the uncached part of a shared prefix, whose tokens the other rows then reuse."""
@@ -510,6 +514,18 @@ class ModelScorer:
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+class _RecordingCache(DynamicCache):
+    """A DynamicCache that also keeps each layer's newly written states, before any window trimming."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        self.recorded[layer_idx] = (key_states, value_states)
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 
 def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
