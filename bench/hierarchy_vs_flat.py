@@ -18,7 +18,9 @@ prompts: hours on a CPU. With --quick it is not run in full but costed: the real
 explanation runs on a scorer that tokenises, batches and shares prefixes exactly as the
 real one and counts every batch's forwarded tokens, but forwards nothing (the
 permutation estimator's coalitions do not depend on the values, so the token count is
-exact); a seeded sample of its recorded batches is then forwarded for real, and wall
+exact; its prefix cache across batches is simulated with storage-free tensors of the
+real sizes, so it fills and evicts as in a real run); a seeded sample of its recorded
+batches is then forwarded for real, and wall
 time = seconds per forwarded token on that sample × the exact token count, labelled
 "extrapolated". Such a run has no real values, so the top-5 overlap needs the full run.
 """
@@ -35,6 +37,7 @@ from bench.common import parser, print_table, write_json
 from longshap.hierarchy import Explainer
 from longshap.client.data import NQPrompt, load_nq, nq_prompt
 from longshap.hierarchy.results import Explanation, Feature
+from longshap.hierarchy.prefix_cache import PrefixKVCache
 from longshap.hierarchy.scorer import ModelScorer
 
 DISTRACTORS = 9
@@ -50,22 +53,39 @@ class CostingScorer(ModelScorer):
     """Batches rows exactly as ModelScorer and counts their tokens, but runs the model only on request."""
 
     batches: list[tuple[list[list[int]], int]] = field(default_factory=list)
+    simulate: bool = True
 
     def _last_logprobs(self, rows: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
         shared = self._shared_prefix(rows, keep)
         self.batches.append(([list(row) for row in rows], keep))
         if shared:
-            self._count_prefix(len(rows), shared)
+            cached, _ = self._prefix_states(list(rows[0][:shared]))
+            self._count_prefix(len(rows), shared, cached)
         self._count_pass(sum(len(row) - shared for row in rows))
         return torch.zeros((len(rows), keep, self.head.weight.shape[0]))
+
+    def _extend(self, prefix: Sequence[int], cached: int, states) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Storage-free (meta) states of the real sizes: the prefix cache fills and evicts as in a real run."""
+        if not self.simulate:
+            return super()._extend(prefix, cached, states)
+        config = self.model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dtype = next(self.model.parameters()).dtype
+        shape = (1, config.num_key_value_heads, len(prefix), head_dim)
+        return [(torch.empty(shape, dtype=dtype, device="meta"),) * 2 for _ in range(config.num_hidden_layers)]
 
     @torch.inference_mode()
     def time_sample(self, count: int, seed: int) -> tuple[float, int]:
         """Forward a seeded sample of the recorded batches through the model: (seconds, forwarded tokens)."""
         sample = random.Random(seed).sample(self.batches, min(count, len(self.batches)))
+        # Real states for the timed batches, each computing its whole shared prefix (counted as forwarded).
+        counting, self.prefix_kv, self.simulate = self.prefix_kv, PrefixKVCache(0), False
         tokens_before, started = self.stats.forward_tokens, time.perf_counter()
-        for rows, keep in sample:
-            super()._last_logprobs(rows, keep)
+        try:
+            for rows, keep in sample:
+                super()._last_logprobs(rows, keep)
+        finally:
+            self.prefix_kv, self.simulate = counting, True
         return time.perf_counter() - started, self.stats.forward_tokens - tokens_before
 
 

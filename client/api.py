@@ -63,6 +63,9 @@ def explain_request(
     target_stderr: float | None = None,
     max_new_tokens: int | None = None,
     speculative: bool = False,
+    adaptive: bool = False,
+    total_budget: int | None = None,
+    confidence: float | None = None,
     baseline: str = "",
 ) -> pb.ExplainRequest:
     """Build an ExplainRequest: a QA prompt (question, documents) or a classification one (text, labels)."""
@@ -74,7 +77,8 @@ def explain_request(
     return pb.ExplainRequest(
         model=model, target=target, levels=list(levels), thresholds=_per_level(thresholds), max_expanded=_per_level(max_expanded),
         method=method, budget=budget, seed=seed, value=value, mode=mode, placeholder=placeholder,
-        target_stderr=target_stderr, max_new_tokens=max_new_tokens, speculative=speculative, baseline=baseline, **prompt,
+        target_stderr=target_stderr, max_new_tokens=max_new_tokens, speculative=speculative, baseline=baseline,
+        adaptive=adaptive, total_budget=total_budget, confidence=confidence, **prompt,
     )
 
 

@@ -219,7 +219,8 @@ def _common_request(args: argparse.Namespace) -> dict:
         thresholds=args.threshold, max_expanded=args.max_expanded, method=args.method or "", budget=args.budget,
         seed=args.seed, value=args.value or "", mode=args.mode or "", instruction=args.instruction or "",
         placeholder=args.placeholder, target_stderr=args.target_stderr, max_new_tokens=args.max_new_tokens,
-        speculative=args.speculative, baseline=args.baseline or "",
+        speculative=args.speculative, baseline=args.baseline or "", adaptive=args.adaptive, total_budget=args.total_budget,
+        confidence=args.confidence,
     )
 
 
@@ -304,6 +305,9 @@ def _explanation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=per_level(float), help="expansion threshold: one for every level, or e.g. document=0.2,sentence=0.1")
     parser.add_argument("--max-expanded", type=per_level(int), help="most units expanded per level: one number, or e.g. document=2,sentence=4")
     parser.add_argument("--method", help=f"estimator: {' | '.join(method_names())}")
+    parser.add_argument("--adaptive", action="store_true", help="spend evaluations only where expansion or top-k order is unsettled")
+    parser.add_argument("--total-budget", type=int, help="model evaluations for all levels together (implies --adaptive)")
+    parser.add_argument("--confidence", type=float, help="confidence at which --adaptive calls a decision settled (default 0.95)")
     parser.add_argument("--baseline", choices=("zero", "pad"), help="integrated_gradients' baseline embedding (default zero)")
     parser.add_argument("--budget", type=int, help="model evaluations per level")
     parser.add_argument("--seed", type=int, default=0)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from longshap.hierarchy.allocation import Allocation, Pooled, run_in_rounds, unsettled_units
 from longshap.hierarchy.estimators import Progress, get_estimator
 from longshap.hierarchy.estimators.base import Estimator
 from longshap.hierarchy.request import ExplainRequest, RequestError
@@ -55,6 +56,8 @@ class _Run:
     started: float
     stats_before: dict
     answer_event: AnswerEvent
+    allocation: Allocation | None = None
+    """Adaptive allocation (None: every game spends its budget in one run)."""
     gradients: TokenAttributions | None = None
     """Token attributions of a gradient method, computed once and summed onto every level's units."""
 
@@ -112,7 +115,10 @@ class Explainer:
         fails at the call (RequestError) rather than when the stream is consumed.
         Gradient methods ("integrated_gradients", "saliency", "input_x_gradient", see
         hierarchy.gradients) take `baseline` ("zero" or "pad", Integrated Gradients only)
-        and read `budget` as Integrated Gradients' steps.
+        and read `budget` as Integrated Gradients' steps. `adaptive` runs each level's games
+        in rounds and stops once its expansion decisions and top-`max_expanded` order are
+        settled at `confidence` (see `hierarchy.allocation`); `total_budget` (implies
+        adaptive) bounds the evaluations of all levels together.
         """
         if request is None:
             request = ExplainRequest.build(**options)
@@ -126,6 +132,7 @@ class Explainer:
         prompt = _prompt(request)
         tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
         self.scorer.should_stop = should_stop
+        self.scorer.prefix_kv.clear()  # prefixes are reused within a request: its values and counts never depend on earlier ones
         try:
             target_spec, answer_event = self._target(prompt, request, tree)
             yield answer_event
@@ -137,7 +144,7 @@ class Explainer:
             yield from self._levels(
                 _Run(
                     request, tree, game, value_fn, _as_row(full_value), _as_row(empty_value), on_progress, started, stats_before,
-                    answer_event, gradients,
+                    answer_event, request.allocation, gradients,
                 )
             )
         finally:
@@ -219,44 +226,60 @@ class Explainer:
         estimator = None if run.gradients is not None else get_estimator(options.method)
         parents = [ROOT]
         results: list[Level] = []
+        evaluations_at_start = game.evaluations
         for depth, level in enumerate(options.levels):
             level_started = time.perf_counter()
+            last = depth == len(options.levels) - 1
             evaluations_before = game.evaluations
             tokens_before = (self.scorer.stats.forward_tokens, self.scorer.stats.reused_tokens)
             groups = [(parent, tree.expand(parent, level)) for parent in parents]
             groups = [(parent, children) for parent, children in groups if children]
+            order = [unit for _, children in groups for unit in children]
             if run.gradients is not None:  # one gradient computation, before the walk, serves every level
                 budgets = [0] * len(groups)
                 planned = run.gradients.forward_rows if depth == 0 else 0
             else:
                 assert estimator is not None
-                budgets = self._split_budget(options.budget, estimator, [len(children) for _, children in groups])
+                level_budget = options.budget
+                if run.allocation is not None:
+                    spent = game.evaluations - evaluations_at_start
+                    level_budget = run.allocation.level_budget(options.budget, spent, len(options.levels) - depth)
+                    if level_budget is not None and level_budget < 1:
+                        break  # the total budget is spent: the explanation ends at the previous level
+                budgets = self._split_budget(level_budget, estimator, [len(children) for _, children in groups])
                 planned = sum(budgets)
-            placeholder_features = [self._feature(tree, unit, 0.0, 0.0, None, []) for _, children in groups for unit in children]
+            placeholder_features = [self._feature(tree, unit, 0.0, 0.0, None, []) for unit in order]
             yield LevelStartEvent(level, placeholder_features, planned)
 
-            level_values, level_stderr, order, used = [], [], [], []
-            for index, ((parent, children), group_budget) in enumerate(zip(groups, budgets)):
-                if run.gradients is not None:
-                    attributed = run.gradients.for_units(tree, children)
-                    level_values.append(attributed)
-                    level_stderr.append(np.full_like(attributed, np.nan))  # nothing sampled: not applicable
-                    order.extend(children)
-                    used.append(options.method)
-                    continue
+            if run.gradients is not None:
+                level_values = [run.gradients.for_units(tree, children) for _, children in groups]
+                level_stderr = [np.full_like(v, np.nan) for v in level_values]  # nothing sampled: not applicable
+                used = [options.method]
+            else:
                 assert estimator is not None
-                unit_game = MemoisedGame(UnitGame(game, tree, parent, children, options.mode))
-                progress = self._progress_callback(run.on_progress, level, children, sum(budgets), game, evaluations_before)
-                rng = np.random.default_rng([options.seed, depth, index])
-                result = estimator.attribute(unit_game, group_budget, rng, options.target_stderr, progress)
-                level_values.append(result.values)
-                level_stderr.append(result.stderr)
-                order.extend(children)
-                used.append(result.method)
+                games = [MemoisedGame(UnitGame(game, tree, parent, children, options.mode)) for parent, children in groups]
+                rngs = [np.random.default_rng([options.seed, depth, index]) for index in range(len(groups))]
+                progress = [
+                    self._progress_callback(run.on_progress, level, children, planned, game, evaluations_before) for _, children in groups
+                ]
+                estimates: list = []
+                if run.allocation is None:
+                    estimates = [
+                        estimator.attribute(unit_game, group_budget, rng, options.target_stderr, send)
+                        for unit_game, group_budget, rng, send in zip(games, budgets, rngs, progress)
+                    ]
+                else:
+                    sends = [send for send in progress if send is not None]
+                    estimates = run_in_rounds(
+                        estimator, games, budgets, rngs, self._unsettled_games(run, level, last, groups),
+                        (lambda index, snapshot: progress[index](snapshot)) if sends else None,
+                    )
+                level_values = [e.values for e in estimates]
+                level_stderr = [e.stderr for e in estimates]
+                used = [e.method for e in estimates]
 
             values = pad_columns(level_values)
             stderr = pad_columns(level_stderr)
-            last = depth == len(options.levels) - 1
             # Unsigned saliency is not in the value's units: its threshold is a share of the level's total saliency.
             reference = (values.sum(axis=0), np.zeros(values.shape[1])) if options.method in UNSIGNED_METHODS else (run.full_value, run.empty_value)
             expanded = set() if last else self._choose_expansions(
@@ -280,6 +303,25 @@ class Explainer:
                 break
 
         yield DoneEvent(self._explanation(run, results))
+
+    def _unsettled_games(self, run: _Run, level: str, last: bool, groups) -> Callable[[list[Pooled]], list[bool]]:
+        """The adaptive stopping rule: which games still hold a unit whose expansion or top-k rank is unsettled."""
+        sizes = [len(children) for _, children in groups]
+        bounds = np.cumsum([0, *sizes])
+        allocation = run.allocation
+        assert allocation is not None
+
+        def unsettled(pools: list[Pooled]) -> list[bool]:
+            values, stderr = pad_columns([p.values for p in pools]), pad_columns([p.stderr for p in pools])
+            importance = self._importance(values, stderr, (run.full_value, run.empty_value), run.value_fn)
+            if importance is None:  # no total effect: nothing is expanded and every value is noise around zero
+                return [False] * len(pools)
+            scores, score_stderr, scale = importance
+            threshold = None if last else run.request.thresholds[level] * scale
+            flags = unsettled_units(scores, score_stderr, threshold, run.request.max_expanded[level], allocation.z)
+            return [bool(flags[start:end].any()) for start, end in zip(bounds[:-1], bounds[1:])]
+
+        return unsettled
 
     @staticmethod
     def _split_budget(budget: int | None, estimator: Estimator, sizes: Sequence[int]) -> list[int]:
@@ -311,18 +353,32 @@ class Explainer:
 
         return send
 
-    def _choose_expansions(self, order, values, stderr, reference, value_fn, threshold, cap) -> set[str]:
-        """TextGenSHAP's rule on every visible output: expand when sign*value - stderr >= threshold * |effect|."""
+    @staticmethod
+    def _importance(values, stderr, reference, value_fn) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """Per unit, its value in the direction of the total effect and that value's stderr, on the visible
+        output where value - stderr is largest; with the effect's scale. None when there is no effect.
+
+        A NaN stderr (gradient methods: nothing sampled) counts as none; inf still blocks expansion."""
         columns = [c for c in value_fn.visible_columns() if c < values.shape[1]]
         full, empty = (np.pad(r, (0, max(0, values.shape[1] - len(r))))[columns] for r in reference)
         effect = full - empty
         scale = float(np.max(np.abs(effect))) if len(effect) else 0.0
         if scale == 0.0:
-            return set()
+            return None
         sign = np.where(effect >= 0, 1.0, -1.0)
-        # NaN stderr (gradient methods: nothing sampled) counts as none; inf still blocks expansion.
-        importance = np.max(sign * values[:, columns] - np.nan_to_num(stderr[:, columns], nan=0.0, posinf=np.inf), axis=1)
-        passing = [i for i in np.argsort(-importance, kind="stable") if importance[i] >= threshold * scale]
+        signed, signed_stderr = sign * values[:, columns], np.nan_to_num(stderr[:, columns], nan=0.0, posinf=np.inf)
+        best = np.argmax(signed - signed_stderr, axis=1)
+        rows = np.arange(len(values))
+        return signed[rows, best], signed_stderr[rows, best], scale
+
+    def _choose_expansions(self, order, values, stderr, reference, value_fn, threshold, cap) -> set[str]:
+        """TextGenSHAP's rule on every visible output: expand when sign*value - stderr >= threshold * |effect|."""
+        importance = self._importance(values, stderr, reference, value_fn)
+        if importance is None:
+            return set()
+        scores, score_stderr, scale = importance
+        margin = scores - score_stderr
+        passing = [i for i in np.argsort(-margin, kind="stable") if margin[i] >= threshold * scale]
         if cap is not None:
             passing = passing[:cap]
         return {order[i] for i in passing}

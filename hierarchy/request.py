@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from longshap.hierarchy.allocation import Allocation
 from longshap.hierarchy.errors import RequestError
 from longshap.hierarchy.estimators import ESTIMATORS
 from longshap.hierarchy.gradients import BASELINES, GRADIENT_METHODS, check_gradient_options
@@ -60,6 +61,8 @@ class ExplainRequest:
     speculative: bool = False
     baseline: str = "zero"
     """Integrated Gradients' baseline embedding: zero | pad."""
+    allocation: Allocation | None = None
+    """Adaptive allocation (asked for with adaptive=True or a total_budget); None spends every level's budget."""
 
     @property
     def classification(self) -> bool:
@@ -93,6 +96,9 @@ class ExplainRequest:
         max_new_tokens: int | None = None,
         speculative: bool = False,
         baseline: str | None = None,
+        adaptive: bool = False,
+        total_budget: int | None = None,
+        confidence: float | None = None,
     ) -> ExplainRequest:
         """Check every option and fill in defaults; raise RequestError naming the first bad field."""
         classification = text is not None or labels is not None
@@ -113,6 +119,11 @@ class ExplainRequest:
         budget = _positive_int(budget, "budget")
         if chosen_method in GRADIENT_METHODS:
             check_gradient_options(chosen_method, chosen_value, chosen_baseline, budget)
+        try:
+            allocation = Allocation(0.95 if confidence is None else confidence, _positive_int(total_budget, "total_budget"))
+        except ValueError as error:
+            field = "confidence" if str(error).startswith("confidence") else "total_budget"
+            raise RequestError(field, str(error).split(": ", 1)[1]) from None
         return cls(
             **prompt,
             instruction=_optional_text(instruction, "instruction"),
@@ -130,6 +141,7 @@ class ExplainRequest:
             max_new_tokens=_max_new_tokens(max_new_tokens),
             speculative=_flag(speculative, "speculative"),
             baseline=chosen_baseline,
+            allocation=allocation if _flag(adaptive, "adaptive") or total_budget is not None else None,
         )
 
 

@@ -9,6 +9,9 @@ Coalitions of one request differ only after the first removed unit, so rows are
 batched in lexicographic token order and each batch's longest common prefix is run
 once; its KV cache is repeated across the batch and only the suffixes are forwarded.
 The result is the same computation (up to float noise), with far fewer tokens.
+Prefixes computed for one batch stay in a bounded radix tree of KV caches
+(`hierarchy.prefix_cache`), so later batches, levels and requests only compute the
+part of their shared prefix that no earlier batch did.
 """
 from __future__ import annotations
 
@@ -18,13 +21,19 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
 
 from longshap.hierarchy.models import LoadedModel
-from longshap.hierarchy.speculative import AnswerTree, tree_masks, walk
+from longshap.hierarchy.prefix_cache import LayerStates, PrefixKVCache
+from longshap.hierarchy.speculative import AnswerTree, Verdict, tree_masks, walk
 
 log = logging.getLogger(__name__)
 from longshap.hierarchy.errors import Cancelled
+
+
+DEFAULT_PREFIX_CACHE_BYTES = 512 * 2**20
+PASS_OVERHEAD_TOKENS = 64
+"""What one more forward pass costs, in forwarded tokens, when deciding where to close a batch."""
 
 
 @dataclass
@@ -35,6 +44,8 @@ class ScorerStats:
     forward_tokens: int = 0
     reused_tokens: int = 0
     """Prompt tokens not recomputed because their KV cache was shared with other rows."""
+    cached_tokens: int = 0
+    """... of which read from the prefix cache kept across batches (a subset of reused_tokens)."""
     forward_passes: int = 0
     decode_steps: int = 0
     tree_checks: int = 0
@@ -58,6 +69,8 @@ class ModelScorer:
     max_batch_size: int = 32
     reuse_prefix: bool = True
     min_shared_prefix: int = 8
+    prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES
+    """Bound on the KV states of prefixes kept across batches; 0 recomputes every batch's prefix."""
     draft: LoadedModel | None = None
     """A smaller model with the same tokenizer that proposes tokens when decoding is needed."""
     stats: ScorerStats = field(default_factory=ScorerStats)
@@ -71,6 +84,7 @@ class ModelScorer:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id or 0
         self.stop_ids = self._stop_token_ids()
+        self.prefix_kv = PrefixKVCache(self.prefix_cache_bytes if self.reuse_prefix else 0)
         self.backbone = getattr(self.model, self.model.base_model_prefix)
         self.head = self.model.get_output_embeddings()
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
@@ -123,7 +137,9 @@ class ModelScorer:
         sorted rows is that of its first and last), and a batch of k rows sharing L tokens
         is closed before a row that would cut the shared prefix to L' when that costs the
         batch more than the row gains, (L - L')(k - 1) > L': batches then follow the
-        groups of coalitions that share an outer context.
+        groups of coalitions that share an outer context. With the prefix cache across
+        batches the next batch finds L' cached, so closing only costs a pass, counted as
+        PASS_OVERHEAD_TOKENS: batches then follow the rows' prefix tree much more closely.
         Without reuse, longest first, which minimises padding.
         """
         if not self.reuse_prefix:
@@ -140,7 +156,9 @@ class ModelScorer:
             # The shared prefix runs once, so only the padded suffixes count against the budget.
             area = (len(current) + 1) * (grown - (narrowed if self.reuse_prefix else 0))
             full = area > self.max_batch_tokens or len(current) >= self.max_batch_size
-            wasteful = self.reuse_prefix and current and (shared - narrowed) * (len(current) - 1) > narrowed
+            # Closing recomputes the narrowed prefix, unless the prefix cache will hold it: then it only costs a pass.
+            closing = min(narrowed, PASS_OVERHEAD_TOKENS) if self.prefix_kv.max_bytes else narrowed
+            wasteful = self.reuse_prefix and current and (shared - narrowed) * (len(current) - 1) > closing
             if current and (full or wasteful):
                 batches.append(current)
                 current, grown, narrowed = [], len(row), len(row)
@@ -167,6 +185,7 @@ class ModelScorer:
                 if len(batch) == 1:
                     raise
                 self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+                self.prefix_kv.clear()
                 log.warning("out of memory on a batch of %d rows; retrying in halves (max_batch_tokens=%d)", len(batch), self.max_batch_tokens)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -184,25 +203,69 @@ class ModelScorer:
         return ids.to(self.device), mask.to(self.device)
 
     def _shared_prefix(self, rows: Sequence[Sequence[int]], keep: int) -> int:
-        """Length of the prefix all rows share, leaving every row at least `keep` tokens of its own."""
-        if not self.reuse_prefix or len(rows) < 2:
+        """Length of the prefix all rows share, leaving every row at least `keep` tokens of its own.
+
+        A row alone only reads the prefix cache: storing every distinct prompt would
+        churn it for prefixes no other row asks for.
+        """
+        if not self.reuse_prefix:
             return 0
-        length = min(min(len(row) for row in rows) - keep, *(_common_prefix(rows[0], row) for row in rows[1:]))
+        limit = min(len(row) for row in rows) - keep
+        if len(rows) < 2:
+            length = min(limit, self.prefix_kv.match_length(rows[0]))
+        else:
+            length = min(limit, *(_common_prefix(rows[0], row) for row in rows[1:]))
         return length if length >= self.min_shared_prefix else 0
 
     def _prefix_cache(self, rows: Sequence[Sequence[int]], shared: int):
-        """KV cache of the rows' shared prefix, computed once and repeated across the batch."""
-        prefix = torch.tensor([list(rows[0][:shared])], dtype=torch.long, device=self.device)
-        cache = self.backbone(input_ids=prefix, use_cache=True).past_key_values
+        """KV cache of the rows' shared prefix, repeated across the batch.
+
+        Only the part beyond the longest prefix already in the cache is forwarded
+        (once); the result is stored for later batches.
+        """
+        cached, states = self._prefix_states(list(rows[0][:shared]))
+        # A cache typed by the model's config trims sliding-window layers to their window, as a fresh pass would.
+        cache = DynamicCache(config=self.model.config)
+        for layer, (keys, values) in enumerate(states):
+            cache.update(keys, values, layer)
         cache.batch_repeat_interleave(len(rows))
-        self._count_prefix(len(rows), shared)
+        self._count_prefix(len(rows), shared, cached)
         return cache
 
-    def _count_prefix(self, rows: int, shared: int) -> None:
-        """One pass over a shared prefix, whose tokens the other rows then reuse."""
-        self.stats.forward_passes += 1
-        self.stats.forward_tokens += shared
-        self.stats.reused_tokens += shared * (rows - 1)
+    def _prefix_states(self, prefix: list[int]) -> tuple[int, LayerStates]:
+        """Tokens of `prefix` found in the prefix cache, and the full states of `prefix` (computed and stored beyond those)."""
+        cached, states = self.prefix_kv.lookup(prefix)
+        if cached < len(prefix):
+            states = self._extend(prefix, cached, states)
+            self.prefix_kv.insert(prefix, cached, [(k[:, :, cached:], v[:, :, cached:]) for k, v in states])
+        return cached, states
+
+    def _extend(self, prefix: Sequence[int], cached: int, states: LayerStates | None) -> LayerStates:
+        """Full per-layer states of `prefix`, forwarding only tokens[cached:] on top of the cached states.
+
+        The pass runs on a config-typed cache (sliding layers attend over their window
+        only, as in a fresh pass), while every layer's new states are recorded as they
+        are written, so the stored states stay complete and can later be cut anywhere.
+        """
+        cache = _RecordingCache(config=self.model.config)
+        for layer, (keys, values) in enumerate(states or []):
+            cache.update(keys, values, layer)
+        cache.recorded.clear()
+        ids = torch.tensor([list(prefix[cached:])], dtype=torch.long, device=self.device)
+        positions = torch.arange(cached, len(prefix), device=self.device)[None, :]
+        self.backbone(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+        new = [cache.recorded[layer] for layer in range(len(cache.recorded))]
+        if states is None:
+            return new
+        return [(torch.cat([k, nk], dim=2), torch.cat([v, nv], dim=2)) for (k, v), (nk, nv) in zip(states, new)]
+
+    def _count_prefix(self, rows: int, shared: int, cached: int = 0) -> None:
+        """One pass over the uncached part of a shared prefix, whose tokens the other rows then reuse."""
+        if cached < shared:
+            self.stats.forward_passes += 1
+        self.stats.forward_tokens += shared - cached
+        self.stats.reused_tokens += shared * rows - (shared - cached)
+        self.stats.cached_tokens += cached
 
     def _count_pass(self, tokens: int) -> None:
         """One batched pass forwarding `tokens` non-pad tokens."""
@@ -300,18 +363,24 @@ class ModelScorer:
         """Greedy answers (token ids, stop token excluded) for each prompt.
 
         With an answer tree, answers already in it are verified in one pass per batch
-        and only the rest are decoded, from where they left the tree.
+        and only the rest are decoded, from where they left the tree: from the
+        verification pass's own KV cache (no second prefill), or with the draft model.
         """
         encoded = [self.encode_prompt(p) for p in prompts]
         self.stats.evaluations += len(prompts)
         known: list[list[int]] = [[] for _ in prompts]
         pending = list(range(len(prompts)))
         if tree is not None and tree.size and self.tree_capable:
-            verdicts = self._map_batches(encoded, lambda batch: self._verify_batch([encoded[i] for i in batch], tree, max_new_tokens))
+            continue_here = self.draft is None
+            verdicts = self._map_batches(
+                encoded, lambda batch: self._verify_batch([encoded[i] for i in batch], tree, max_new_tokens, continue_here)
+            )
+            self.stats.tree_checks += len(prompts)
+            self.stats.tree_accepted += sum(verdict.answer is not None and not verdict.continued for verdict in verdicts)
+            if continue_here:
+                return [verdict.answer for verdict in verdicts]
             known = [verdict.prefix for verdict in verdicts]
             pending = [index for index, verdict in enumerate(verdicts) if verdict.answer is None]
-            self.stats.tree_checks += len(prompts)
-            self.stats.tree_accepted += len(prompts) - len(pending)
         answers = list(known)
         if self.draft is not None:
             for index in pending:
@@ -324,8 +393,13 @@ class ModelScorer:
             answers[index] = known[index] + tokens
         return answers
 
-    def _verify_batch(self, rows: Sequence[Sequence[int]], tree: AnswerTree, max_new_tokens: int):
-        """One forward pass of each prompt followed by the whole answer tree; the argmax walk gives each verdict."""
+    def _verify_batch(self, rows: Sequence[Sequence[int]], tree: AnswerTree, max_new_tokens: int, continue_diverged: bool = False):
+        """One forward pass of each prompt followed by the whole answer tree; the argmax walk gives each verdict.
+
+        With `continue_diverged`, rows that leave the tree are decoded on from this
+        pass's KV cache: their prompt and tree-path states are gathered into a
+        left-padded cache, so only the new tokens are forwarded.
+        """
         shared = 0 if self.sliding_window else self._shared_prefix(rows, keep=1)
         cache = self._prefix_cache(rows, shared) if shared else None
         width = max(len(row) - shared for row in rows)
@@ -337,13 +411,60 @@ class ModelScorer:
         positions, full, sliding = tree_masks([len(r) for r in rows], shared, width, tree, self.sliding_window, dtype, self.device)
         mask = {"full_attention": full, "sliding_attention": sliding} if sliding is not None else full
         self._count_pass(sum(len(row) - shared for row in rows) + tree.size * len(rows))
-        hidden = self.backbone(
+        if continue_diverged and cache is None:
+            cache = DynamicCache()  # every position kept (no window trimming): diverged rows gather theirs from it
+        out = self.backbone(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
-        ).last_hidden_state
+        )
+        hidden = out.last_hidden_state
         last = torch.tensor([len(row) - shared - 1 for row in rows], device=self.device)
         index = torch.cat([last[:, None], width + torch.arange(tree.size, device=self.device).expand(len(rows), -1)], dim=1)
         argmax = self._logits(hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))).argmax(-1).tolist()
-        return [walk(tree, row[0], row[1:], self.stop_ids, max_new_tokens) for row in argmax]
+        verdicts = [walk(tree, row[0], row[1:], self.stop_ids, max_new_tokens) for row in argmax]
+        diverged = [r for r, verdict in enumerate(verdicts) if verdict.answer is None]
+        if continue_diverged and diverged:
+            kept = [self._tree_path_indices(len(rows[r]), shared, width, tree, verdicts[r].prefix[:-1]) for r in diverged]
+            limits = [max_new_tokens - len(verdicts[r].prefix) for r in diverged]
+            tails = self._continue(out.past_key_values, diverged, kept, [verdicts[r].prefix[-1] for r in diverged], limits)
+            for r, tail in zip(diverged, tails):
+                verdicts[r] = Verdict(answer=verdicts[r].prefix + tail, prefix=verdicts[r].prefix, continued=True)
+        return verdicts
+
+    @staticmethod
+    def _tree_path_indices(length: int, shared: int, width: int, tree: AnswerTree, path: Sequence[int]) -> list[int]:
+        """Cache indices of a row's prompt tokens and of the tree nodes along `path`, in order."""
+        indices, node = list(range(length)), 0
+        for token in path:
+            node = tree.children[node][token]
+            indices.append(shared + width + node - 1)
+        return indices
+
+    def _continue(self, cache, rows: list[int], kept: list[list[int]], tokens: list[int], limits: list[int]) -> list[list[int]]:
+        """Greedy decoding of batch rows `rows` after `tokens`, from their cached states at `kept` indices."""
+        if max(limits) <= 0:
+            return [[] for _ in rows]
+        width = max(len(indices) for indices in kept)
+        batch = DynamicCache(config=self.model.config)
+        mask = torch.zeros((len(rows), width + 1), dtype=torch.long, device=self.device)
+        for r, indices in enumerate(kept):
+            mask[r, width - len(indices) :] = 1
+        mask[:, width] = 1
+        for layer, cached in enumerate(cache.layers):
+            keys = cached.keys.new_zeros((len(rows), cached.keys.shape[1], width, cached.keys.shape[3]))
+            values = torch.zeros_like(keys)
+            for r, (row, indices) in enumerate(zip(rows, kept)):
+                where = torch.tensor(indices, device=self.device)
+                keys[r, :, width - len(indices) :] = cached.keys[row, :, where]
+                values[r, :, width - len(indices) :] = cached.values[row, :, where]
+            batch.update(keys, values, layer)
+        positions = torch.tensor([[len(indices)] for indices in kept], device=self.device)
+        self.stats.decode_steps += 1
+        self.stats.forward_tokens += len(rows)
+        out = self.model(
+            input_ids=torch.tensor(tokens, device=self.device)[:, None], attention_mask=mask, position_ids=positions,
+            past_key_values=batch, use_cache=True,
+        )
+        return self._decode(out, mask, positions + 1, limits)
 
     def _draft_decode(self, row: Sequence[int], max_new_tokens: int) -> list[int]:
         """Greedy decoding of one row with transformers' assisted generation (the draft proposes, the target verifies)."""
@@ -378,9 +499,13 @@ class ModelScorer:
             mask = torch.cat([torch.ones((len(rows), shared), dtype=mask.dtype, device=self.device), mask], dim=1)
         self._count_pass(int(mask[:, shared:].sum()))
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return self._decode(out, mask, positions[:, -1:] + 1, limits)
+
+    def _decode(self, out, mask: torch.Tensor, next_position: torch.Tensor, limits: Sequence[int]) -> list[list[int]]:
+        """Greedy steps from a forward output whose last logits give each row's next token."""
+        rows = range(len(limits))
         answers: list[list[int]] = [[] for _ in rows]
         done = torch.tensor([limit <= 0 for limit in limits], dtype=torch.bool, device=self.device)
-        next_position = positions[:, -1:] + 1
         for _ in range(max(limits)):
             token = out.logits[:, -1, :].argmax(dim=-1)
             for r, t in enumerate(token.tolist()):
@@ -407,6 +532,18 @@ class ModelScorer:
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+class _RecordingCache(DynamicCache):
+    """A DynamicCache that also keeps each layer's newly written states, before any window trimming."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        self.recorded[layer_idx] = (key_states, value_states)
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 
 def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:

@@ -69,6 +69,8 @@ class Verdict:
     answer: list[int] | None
     prefix: list[int]
     """Tokens known to be the greedy continuation (the tree path plus the divergent token)."""
+    continued: bool = False
+    """The answer was completed by decoding on from the verification pass (not found in the tree)."""
 
 
 def walk(tree: AnswerTree, root_argmax: int, node_argmax: Sequence[int], stop_ids: set[int], max_new_tokens: int) -> Verdict:

@@ -35,7 +35,7 @@ class ClassificationPrompt(_message.Message):
     def __init__(self, instruction: _Optional[str] = ..., text: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "qa", "classification", "target", "levels", "thresholds", "max_expanded", "method", "budget", "seed", "value", "mode", "placeholder", "target_stderr", "max_new_tokens", "speculative", "baseline")
+    __slots__ = ("model", "qa", "classification", "target", "levels", "thresholds", "max_expanded", "method", "budget", "seed", "value", "mode", "placeholder", "target_stderr", "max_new_tokens", "speculative", "baseline", "adaptive", "total_budget", "confidence")
     class ThresholdsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,9 @@ class ExplainRequest(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     qa: QAPrompt
     classification: ClassificationPrompt
@@ -84,7 +87,10 @@ class ExplainRequest(_message.Message):
     max_new_tokens: int
     speculative: bool
     baseline: str
-    def __init__(self, model: _Optional[str] = ..., qa: _Optional[_Union[QAPrompt, _Mapping]] = ..., classification: _Optional[_Union[ClassificationPrompt, _Mapping]] = ..., target: _Optional[str] = ..., levels: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., max_expanded: _Optional[_Mapping[str, int]] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., seed: _Optional[int] = ..., value: _Optional[str] = ..., mode: _Optional[str] = ..., placeholder: _Optional[str] = ..., target_stderr: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., speculative: _Optional[bool] = ..., baseline: _Optional[str] = ...) -> None: ...
+    adaptive: bool
+    total_budget: int
+    confidence: float
+    def __init__(self, model: _Optional[str] = ..., qa: _Optional[_Union[QAPrompt, _Mapping]] = ..., classification: _Optional[_Union[ClassificationPrompt, _Mapping]] = ..., target: _Optional[str] = ..., levels: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., max_expanded: _Optional[_Mapping[str, int]] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., seed: _Optional[int] = ..., value: _Optional[str] = ..., mode: _Optional[str] = ..., placeholder: _Optional[str] = ..., target_stderr: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., speculative: _Optional[bool] = ..., baseline: _Optional[str] = ..., adaptive: _Optional[bool] = ..., total_budget: _Optional[int] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class Feature(_message.Message):
     __slots__ = ("id", "parent", "text", "start", "end", "value", "stderr", "expanded", "doc", "title", "token_start", "token_end", "values_by_answer", "values_by_token")

@@ -37,7 +37,7 @@ def explain_options(request: pb.ExplainRequest) -> dict:
     """
     kind = request.WhichOneof("prompt")
     options = prompt_options(getattr(request, kind)) if kind else {}
-    optional = ("target", "budget", "placeholder", "target_stderr", "max_new_tokens")
+    optional = ("target", "budget", "placeholder", "target_stderr", "max_new_tokens", "total_budget", "confidence")
     options.update({name: getattr(request, name) if request.HasField(name) else None for name in optional})
     options.update(
         levels=list(request.levels) or None,
@@ -49,6 +49,7 @@ def explain_options(request: pb.ExplainRequest) -> dict:
         mode=request.mode or None,
         speculative=request.speculative,
         baseline=request.baseline or None,
+        adaptive=request.adaptive,
     )
     return options
 

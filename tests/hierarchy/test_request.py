@@ -54,6 +54,11 @@ def test_per_level_options_take_a_number_a_mapping_or_one_value_per_level():
         ({"placeholder": b"[x]"}, "placeholder"),
         ({"method": "magic"}, "method"),
         ({"text": "x"}, "prompt"),
+        ({"confidence": 1.5}, "confidence"),
+        ({"total_budget": 0}, "total_budget"),
+        ({"adaptive": "yes"}, "adaptive"),
+        ({"baseline": "mean"}, "baseline"),
+        ({"method": "integrated_gradients", "value": "answers"}, "value"),
     ],
 )
 def test_bad_options_name_their_field(options, field):

@@ -1,0 +1,149 @@
+"""Adaptive allocation: a level's games run in rounds until its decisions are settled.
+
+A level only has to decide two things: which units pass the expansion threshold and
+the order of its top units. Each game's budget is split into `ROUNDS` rounds; every
+round is an independent run of the estimator (its own draws from the game's random
+stream, the memoised game shared, so repeated coalitions are free), and a game's
+rounds are pooled. After each round the caller says which units are still unsettled
+(`unsettled_units` is the rule the explainer uses); only games holding such a unit
+get another round, so evaluations go where they can change the answer, and a level
+whose decisions are settled stops early.
+
+Pooling is a fixed-weight average of independent unbiased estimates (weights = the
+rounds' sample groups, known before the values are), so its standard error is the
+propagated one, sqrt(sum w_i^2 se_i^2) / sum w_i: it stays honest whenever each
+round's is. Stopping on the data makes the final decisions conditional on that
+stopping, as any sequential rule does; `confidence` bounds each unit's chance of a
+decision that more sampling would flip.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from statistics import NormalDist
+
+import numpy as np
+from longshap.hierarchy.estimators.base import Estimate, Estimator, Progress
+from longshap.hierarchy.games import MemoisedGame, pad_to
+
+ROUNDS = 4
+"""A game's budget is spent in up to this many rounds: at best a settled level costs a quarter."""
+
+
+def z_score(confidence: float) -> float:
+    """Two-sided normal quantile for `confidence` (0.95 -> 1.96)."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+@dataclass
+class Pooled:
+    """Fixed-weight pool of independent round estimates of one game, columns growing as answers appear."""
+
+    weighted_sum: np.ndarray | None = None
+    weighted_var: np.ndarray | None = None
+    weight: float = 0.0
+    rounds: int = 0
+    evaluations: int = 0
+    method: str = ""
+    """The estimator that ran the rounds (auto names its choice)."""
+
+    def add(self, estimate: Estimate, evaluations: int) -> None:
+        values, stderr = np.atleast_2d(estimate.values.T).T, np.atleast_2d(estimate.stderr.T).T
+        w = float(max(estimate.samples, 1))
+        width = max(values.shape[1], 0 if self.weighted_sum is None else self.weighted_sum.shape[1])
+        previous_sum = np.zeros((values.shape[0], width)) if self.weighted_sum is None else pad_to(self.weighted_sum, width)
+        previous_var = np.zeros((values.shape[0], width)) if self.weighted_var is None else pad_to(self.weighted_var, width)
+        self.weighted_sum = previous_sum + w * pad_to(values, width)
+        self.weighted_var = previous_var + w**2 * pad_to(stderr, width) ** 2
+        self.weight += w
+        self.rounds += 1
+        self.evaluations += evaluations
+        self.method = estimate.method
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.weighted_sum / self.weight
+
+    @property
+    def stderr(self) -> np.ndarray:
+        return np.sqrt(self.weighted_var) / self.weight
+
+
+def unsettled_units(scores: np.ndarray, stderr: np.ndarray, threshold: float | None, top_k: int | None, z: float) -> np.ndarray:
+    """Units whose expansion decision or top-k rank the data cannot yet tell at `z` standard errors.
+
+    `scores` are signed importances (larger = more important), `threshold` the absolute
+    expansion threshold (None when nothing is expanded), `top_k` how many leading ranks
+    must be ordered (None: all). A decision is settled when the score is at least z
+    standard errors from the threshold; a rank when each neighbour among the top k + 1
+    is z standard errors of their difference away. An infinite standard error never settles.
+    """
+    scores, stderr = np.asarray(scores, dtype=float), np.asarray(stderr, dtype=float)
+    unsettled = np.zeros(len(scores), dtype=bool)
+    if threshold is not None:
+        unsettled |= ~(np.abs(scores - threshold) >= z * stderr)
+    order = np.argsort(-scores, kind="stable")
+    ranked = order[: len(order) if top_k is None else min(len(order), top_k + 1)]
+    for upper, lower in pairwise(ranked):
+        if not scores[upper] - scores[lower] >= z * np.hypot(stderr[upper], stderr[lower]):
+            unsettled[[upper, lower]] = True
+    return unsettled
+
+
+def run_in_rounds(
+    estimator: Estimator,
+    games: Sequence[MemoisedGame],
+    budgets: Sequence[int],
+    rngs: Sequence[np.random.Generator],
+    unsettled: Callable[[list[Pooled]], Sequence[bool]],
+    progress: Callable[[int, Progress], None] | None = None,
+    rounds: int = ROUNDS,
+) -> list[Pooled]:
+    """Run every game's estimator round by round while `unsettled(pools)` flags it and its budget and rounds last.
+
+    `unsettled` gets the pools of all games and returns, per game, whether any of its
+    units still needs evaluations. `progress(game_index, snapshot)` follows each round.
+    """
+    pools = [Pooled() for _ in games]
+    active = list(range(len(games)))
+    while active:
+        for index in active:
+            game, pool = games[index], pools[index]
+            share = -(-budgets[index] // rounds)
+            before = game.evaluations
+            estimate = estimator.attribute(game, max(1, min(share, budgets[index] - pool.evaluations)), rngs[index])
+            pool.add(estimate, game.evaluations - before)
+            if progress is not None:
+                progress(index, Progress(pool.evaluations, budgets[index], pool.values, pool.stderr))
+        flags = unsettled(pools)
+        # A round count cap too: on a small game memoised repeats make rounds free, so budgets alone may never end.
+        active = [i for i in active if flags[i] and pools[i].evaluations < budgets[i] and pools[i].rounds < rounds]
+    return pools
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A request's adaptive-allocation settings (validated)."""
+
+    confidence: float = 0.95
+    total_budget: int | None = None
+    """Model evaluations for all levels together; a level gets an even share of what is left."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0 < self.confidence < 1:
+            raise ValueError(f"confidence: must be a number strictly between 0 and 1, got {self.confidence!r}")
+        budget = self.total_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"total_budget: must be a positive integer, got {budget!r}")
+
+    @property
+    def z(self) -> float:
+        return z_score(self.confidence)
+
+    def level_budget(self, per_level: int | None, spent: int, levels_left: int) -> int | None:
+        """This level's evaluations: an even share of the unspent total, never above the per-level budget."""
+        if self.total_budget is None:
+            return per_level
+        share = (self.total_budget - spent) // levels_left
+        return share if per_level is None else min(per_level, share)

@@ -1,0 +1,124 @@
+"""Adaptive allocation: the stopping rule, honest pooling of rounds, and the explainer's adaptive levels."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from longshap.hierarchy.allocation import (
+    Allocation,
+    Pooled,
+    run_in_rounds,
+    unsettled_units,
+    z_score,
+)
+from longshap.hierarchy.estimators import Estimate, estimate, get_estimator
+from longshap.hierarchy.games import FunctionGame, MemoisedGame
+
+from tests.hierarchy.test_explainer import DOCUMENTS, QUESTION
+
+
+def test_units_near_the_threshold_or_with_close_ranks_are_unsettled():
+    z = z_score(0.95)
+    assert z == pytest.approx(1.959964, abs=1e-5)
+    scores = np.array([1.0, 0.52, 0.1, 0.0])
+    stderr = np.array([0.01, 0.05, 0.01, 0.01])
+    # 0.52 +- 1.96 * 0.05 straddles 0.5; the others are far from it and from their neighbours.
+    assert unsettled_units(scores, stderr, 0.5, None, z).tolist() == [False, True, False, False]
+    # Ranks: 0.1 and 0.0 are 0.1 apart with a combined stderr of 0.014: settled; with 0.1 stderr each they are not.
+    assert not unsettled_units(scores, stderr, None, None, z).any()
+    wide = np.array([0.01, 0.01, 0.1, 0.1])
+    assert unsettled_units(scores, wide, None, None, z).tolist() == [False, False, True, True]
+    assert not unsettled_units(scores, wide, None, 1, z).any()  # only the top 1 (and the unit after it) must be ordered
+    assert unsettled_units(scores, np.array([np.inf, 0, 0, 0]), 5.0, 0, z).tolist() == [True, False, False, False]
+
+
+def test_pooling_is_a_sample_weighted_mean_with_propagated_stderr():
+    pool = Pooled()
+    pool.add(Estimate(np.array([[1.0], [2.0]]), np.array([[0.2], [0.2]]), 10, "m", samples=1), 10)
+    pool.add(Estimate(np.array([[4.0, 1.0], [5.0, 0.0]]), np.array([[0.1, 0.3], [0.1, 0.0]]), 10, "m", samples=3), 6)
+    np.testing.assert_allclose(pool.values, [[3.25, 0.75], [4.25, 0.0]])
+    np.testing.assert_allclose(pool.stderr[:, 0], np.sqrt(0.2**2 + 9 * 0.1**2) / 4)
+    np.testing.assert_allclose(pool.stderr[:, 1], [0.75 * 0.3, 0.0])
+    assert pool.rounds == 2 and pool.evaluations == 16
+
+
+def interaction_game(n: int = 6) -> FunctionGame:
+    weights = np.linspace(1.0, -0.5, n)
+    return FunctionGame(lambda rows: rows @ weights + 2.0 * rows[:, 0] * rows[:, 1] - 1.5 * rows[:, 2] * rows[:, 3] * rows[:, 4], n)
+
+
+def test_pooled_rounds_keep_their_stderr_calibrated():
+    """Four permutation rounds pooled: the 95% intervals cover the exact Shapley values at about their nominal rate."""
+    game = interaction_game()
+    truth = estimate(game, game.n_players, method="exact").values
+    covered, checked = 0, 0
+    for seed in range(150):
+        pools = run_in_rounds(get_estimator("permutation"), [MemoisedGame(game)], [48], [np.random.default_rng(seed)], lambda pools: [True])
+        pool = pools[0]
+        assert pool.rounds == 4
+        values, stderr = pool.values[:, 0], pool.stderr[:, 0]
+        covered += int(np.sum(np.abs(values - truth) <= 1.96 * stderr))
+        checked += len(truth)
+    assert 0.9 <= covered / checked <= 1.0
+
+
+def test_only_unsettled_games_get_more_rounds_and_budgets_bound_them():
+    games = [MemoisedGame(interaction_game()) for _ in range(2)]
+    calls = []
+
+    def second_game_unsettled(pools):
+        calls.append([pool.rounds for pool in pools])
+        return [False, True]
+
+    pools = run_in_rounds(get_estimator("permutation"), games, [48, 48], [np.random.default_rng(i) for i in range(2)], second_game_unsettled)
+    assert pools[0].rounds == 1 and pools[1].rounds == 4
+    assert calls[0] == [1, 1] and calls[-1] == [1, 4]
+    assert pools[1].evaluations <= 48 + 2 * 6  # the last round may run one antithetic pair past the budget
+
+
+@pytest.mark.parametrize("mode", ["owen", "local"])
+def test_adaptive_explanations_spend_at_most_the_fixed_budget(tiny_explainer, mode):
+    request = {"question": QUESTION, "documents": DOCUMENTS, "target": "Paris", "levels": ("document", "sentence"), "mode": mode}
+    fixed = tiny_explainer.explain(**request, budget=64, seed=1)
+    adaptive = tiny_explainer.explain(**request, budget=64, seed=1, adaptive=True)
+    assert adaptive.levels[0].evaluations <= fixed.levels[0].evaluations + 2 * len(DOCUMENTS)
+    for level in adaptive.levels:
+        assert all(np.isfinite(f.value) and f.stderr >= 0 for f in level.features)
+        sizes = Counter(f.parent for f in level.features)
+        assert level.evaluations <= 64 + sum(2 * n for n in sizes.values())  # each game may overrun by one pair
+
+
+def test_a_settled_level_stops_after_its_first_round(tiny_explainer):
+    """With a confidence near zero every decision is settled at once: one round, a quarter of the budget."""
+    request = {"text": "a charming and often affecting journey , unflinchingly bleak and desperate", "labels": ["negative", "positive"]}
+    fixed = tiny_explainer.explain(**request, budget=400)
+    quick = tiny_explainer.explain(**request, budget=400, adaptive=True, confidence=1e-9)
+    careful = tiny_explainer.explain(**request, budget=400, adaptive=True, confidence=0.999999)
+    assert quick.levels[0].evaluations <= fixed.levels[0].evaluations / 3
+    assert careful.levels[0].evaluations > 2 * quick.levels[0].evaluations
+
+
+def test_total_budget_bounds_all_levels(tiny_explainer):
+    result = tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", thresholds=0.0, total_budget=60)
+    spent = sum(level.evaluations for level in result.levels)
+    assert spent <= 60 + 2 * 12  # each game's last round may overrun by one antithetic pair
+    assert result.levels[0].evaluations <= 60 // len(result.levels) + 2 * len(DOCUMENTS)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [({"total_budget": 0}, "total_budget"), ({"confidence": 1.0}, "confidence"), ({"adaptive": True, "confidence": "high"}, "confidence"),
+     ({"adaptive": "yes"}, "adaptive")],
+)
+def test_bad_allocation_options_name_the_field(tiny_explainer, options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", **options)
+
+
+def test_allocation_shares_what_is_left_evenly():
+    allocation = Allocation(total_budget=300)
+    assert allocation.level_budget(None, 0, 3) == 100
+    assert allocation.level_budget(50, 0, 3) == 50
+    assert allocation.level_budget(None, 250, 2) == 25
+    assert Allocation().level_budget(70, 1000, 1) == 70
