@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ import grpc
 from longshap.proto.wire import event_to_proto, pb, pb_grpc
 from longshap.hierarchy import Explainer
 from longshap.hierarchy.errors import Cancelled
+from longshap.server.batching import Executor, RequestScorer
 from longshap.server.config import Limits
 from longshap.server.rerank import rerank
 from longshap.server.validation import RequestError, explain_arguments, rerank_arguments, resolve_model
@@ -62,11 +64,31 @@ def _describe(record: RequestLog, prompt: pb.QAPrompt | pb.ClassificationPrompt 
 class ExplainerService(pb_grpc.ExplainerServicer):
     """Serves the configured explainers; every model call goes through one bounded worker."""
 
-    def __init__(self, explainers: Mapping[str, Explainer], default: str, limits: Limits) -> None:
+    def __init__(
+        self, explainers: Mapping[str, Explainer], default: str, limits: Limits,
+        executors: Mapping[str, Executor] | None = None, concurrency: int = 1,
+    ) -> None:
         self.explainers = dict(explainers)
         self.default = default
         self.limits = limits
-        self.worker = Worker(limits.queue_size)
+        self.executors = dict(executors or {})
+        """Per model, where concurrent requests' model work goes (server.batching); none: the explainer's own scorer."""
+        self.worker = Worker(limits.queue_size, concurrency)
+
+    def _explainer(self, model: str) -> Explainer:
+        """The model's explainer, or with an executor a copy of it whose scorer is this request's own."""
+        explainer = self.explainers[model]
+        if model not in self.executors:
+            return explainer
+        request_explainer = copy.copy(explainer)
+        request_explainer.scorer = RequestScorer(explainer.scorer, self.executors[model])
+        return request_explainer
+
+    def close(self) -> None:
+        """Drop waiting jobs and release the executors (batcher threads, replicas)."""
+        self.worker.shutdown()
+        for executor in self.executors.values():
+            executor.close()
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         models = [
@@ -82,7 +104,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         async with self._outcome(context, record):
             record.model = resolve_model(request.model, self.explainers, self.default)
             arguments = explain_arguments(request, self.limits)
-            explainer = self.explainers[record.model]
+            explainer = self._explainer(record.model)
 
             def job(emit: Callable, should_stop: Callable[[], bool]) -> None:
                 for event in explainer.explain_stream(**arguments, on_progress=emit, should_stop=should_stop):
@@ -99,7 +121,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         async with self._outcome(context, record):
             record.model = resolve_model(request.model, self.explainers, self.default)
             arguments, candidates = rerank_arguments(request, self.limits)
-            explainer = self.explainers[record.model]
+            explainer = self._explainer(record.model)
             (response,) = [r async for r in self._run(lambda emit, stop: emit(rerank(explainer, arguments, candidates, stop)), context, record)]
             record.evaluations = response.summary.evaluations
             return response
