@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -38,12 +38,16 @@ class RunningServer:
     port: int
     service: ExplainerService
     health: health.aio.HealthServicer
+    owned: list = field(default_factory=list)
+    """What the server started for its models (batcher threads) and stops with itself; given backends stay the caller's."""
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then cancel them."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        self.service.close()
+        self.service.worker.shutdown()
+        for executor in self.owned:
+            executor.close()
 
 
 def load_explainers(specs: Sequence[str]) -> dict:
@@ -64,7 +68,7 @@ async def start_server(config: ServerConfig, explainers: Mapping, backends: Mapp
     """Start serving `explainers` (name -> Explainer; the first is the default) and return the bound server.
 
     `backends` (name -> e.g. server.ray_backend.RayBackend) run those models' forward
-    passes elsewhere; see server.batching.build_executors.
+    passes elsewhere (see server.batching.build_executors); they stay the caller's to close.
     """
     # These import the engine (torch): only when serving.
     from longshap.server.batching import build_executors
@@ -91,7 +95,9 @@ async def start_server(config: ServerConfig, explainers: Mapping, backends: Mapp
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening", extra={"fields": {"host": config.host, "port": port, "models": list(explainers), "tls": config.tls_cert is not None}})
-    return RunningServer(server, port, service, health_servicer)
+    given = list((backends or {}).values())
+    owned = [executor for executor in executors.values() if all(executor is not backend for backend in given)]
+    return RunningServer(server, port, service, health_servicer, owned)
 
 
 async def serve(config: ServerConfig, explainers: Mapping, backends: Mapping | None = None) -> None:
@@ -212,10 +218,35 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     except (ValueError, OSError) as error:
         print(f"longshap serve: {error}", file=sys.stderr)
         return 2
+    specs = args.model or [DEFAULT_MODEL]
     try:
-        explainers = load_explainers(args.model or [DEFAULT_MODEL])
+        explainers = load_explainers(specs)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"longshap serve: cannot load a model: {error}", file=sys.stderr)
         return 1
-    asyncio.run(serve(config, explainers))
+    if not args.ray:
+        asyncio.run(serve(config, explainers))
+        return 0
+    return _serve_on_ray(config, explainers, specs, args)
+
+
+def _serve_on_ray(config: ServerConfig, explainers: Mapping, specs: Sequence[str], args: argparse.Namespace) -> int:
+    """Serve with every model's forward passes on `args.replicas` Ray actors (a local cluster without --address)."""
+    try:
+        from longshap.server import ray_backend
+    except ImportError as error:
+        print(f"longshap serve: {error}", file=sys.stderr)
+        return 2
+    connected = ray_backend.connect(args.address)
+    try:
+        log.info("starting replicas", extra={"fields": {"replicas": args.replicas, "address": args.address or "local"}})
+        backends = {name: ray_backend.RayBackend(path, args.replicas) for name, path in map(parse_model_spec, specs)}
+        try:
+            asyncio.run(serve(config, explainers, backends))
+        finally:
+            for backend in backends.values():
+                backend.close()
+    finally:
+        if connected:
+            ray_backend.disconnect()
     return 0

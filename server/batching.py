@@ -54,9 +54,6 @@ class Work:
             return [len(prompt) * max(1, len(continuations)) + sum(map(len, continuations)) for prompt, continuations in self.rows]
         return [len(row) for row in self.rows]
 
-    def slice(self, start: int, stop: int) -> Work:
-        return Work(self.kind, self.rows[start:stop], self.max_new_tokens, self.tree)
-
 
 def run_on_scorer(scorer: ModelScorer, work: Work) -> list:
     """Do `work` on a local model; the only place that knows the work kinds."""
@@ -72,7 +69,11 @@ def stats_delta(before: dict, after: dict) -> dict:
 
 
 class Executor(Protocol):
-    """Runs Work for a request: returns one result per row and the model stats it cost."""
+    """Runs Work for a request: returns one result per row and the model stats it cost.
+
+    `close` releases what the executor itself started (a batcher its thread, a Ray
+    backend its replicas), not what it was given.
+    """
 
     def run(self, work: Work, should_stop: StopCheck, caller: object = None) -> tuple[list, dict]: ...
 
@@ -159,7 +160,6 @@ class Batcher:
             self._closed = True
             self._changed.notify_all()
         self._thread.join(timeout=5)
-        self.backend.close()
 
     def _take(self) -> list[_Job] | None:
         """Wait for work, then for callers of the last merged call (up to the window); take the queue."""

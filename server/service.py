@@ -84,12 +84,6 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         request_explainer.scorer = RequestScorer(explainer.scorer, self.executors[model])
         return request_explainer
 
-    def close(self) -> None:
-        """Drop waiting jobs and release the executors (batcher threads, replicas)."""
-        self.worker.shutdown()
-        for executor in self.executors.values():
-            executor.close()
-
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         models = [
             pb.ModelInfo(name=name, is_default=name == self.default, architecture=str(explainer.loaded.model.config.model_type))

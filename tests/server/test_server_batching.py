@@ -165,3 +165,13 @@ def test_request_explainer_refuses_empty_continuations(tiny_explainer):
     scorer = RequestScorer(tiny_explainer.scorer, LocalBackend(tiny_explainer.scorer))
     with pytest.raises(ValueError, match="continuation"):
         scorer.continuation_logprobs(["x"], [[]])
+
+
+def test_scale_options_are_checked():
+    from longshap.server.app import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--concurrency", "4", "--no-batching"]))
+    assert (config.concurrency, config.batching) == (4, False)
+    for argv, message in ((["--concurrency", "0"], "at least 1"), (["--address", "10.0.0.1:6379"], "needs --ray")):
+        with pytest.raises(ValueError, match=message):
+            config_from_args(build_parser().parse_args(argv))
