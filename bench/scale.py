@@ -119,7 +119,7 @@ def main() -> None:
             reference = reference or got
             deviation = max((float(np.max(np.abs(a - b))) for a, b in zip(got, reference) if len(a) and len(a) == len(b)), default=0.0)
             passes = sum(r["stats"].get("forward_passes", 0) for r in results if r)
-            row = [name, replicas or "-", "on" if batching else "off", len(latencies), refused,
+            row = [name, replicas or "-", ("on" if batching else "off") if concurrency > 1 else "-", len(latencies), refused,
                    60 * len(latencies) / wall, float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)), passes, deviation]
             table.append(row)
             key = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
