@@ -20,13 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
-
-from bench.common import parser, print_table, write_json
 from longshap.hierarchy import Explainer
 from longshap.hierarchy.data import load_sst2
 from longshap.proto.wire import collect, pb, pb_grpc
 from longshap.server.app import ServerThread
 from longshap.server.config import Limits, ServerConfig
+
+from bench.common import parser, print_table, write_json
 
 LABELS = ["negative", "positive"]
 
