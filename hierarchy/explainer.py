@@ -132,7 +132,7 @@ class Explainer:
         prompt = _prompt(request)
         tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
         self.scorer.should_stop = should_stop
-        self.scorer.prefix_kv.clear()  # prefixes are reused within a request: its values and counts never depend on earlier ones
+        self.scorer.new_request()
         try:
             target_spec, answer_event = self._target(prompt, request, tree)
             yield answer_event

@@ -281,24 +281,53 @@ class ModelScorer:
     # ---- scoring ------------------------------------------------------------------
     @torch.inference_mode()
     def continuation_logprobs(self, prompts: Sequence[str], continuations: Sequence[Sequence[int]]) -> np.ndarray:
-        """Log-probability of each continuation (token ids) after each prompt: shape (m, c).
-
-        Single-token continuations share one pass per prompt (all label ids read from
-        the last position); longer ones get one row per (prompt, continuation).
-        """
-        if not continuations or any(len(c) == 0 for c in continuations):
-            raise ValueError("every continuation needs at least one token")
+        """Log-probability of each continuation (token ids) after each prompt: shape (m, c)."""
+        check_continuations(continuations)
         encoded = [self.encode_prompt(p) for p in prompts]
         self.stats.evaluations += len(prompts)
-        if all(len(c) == 1 for c in continuations):
-            label_ids = torch.tensor([c[0] for c in continuations], device=self.device)
-            per_row = self._map_batches(
-                encoded, lambda batch: self._last_logprobs([encoded[i] for i in batch], keep=1)[:, 0, label_ids].double().cpu().numpy()
-            )
-            return np.vstack(per_row)
-        rows = [(p, c) for p in range(len(prompts)) for c in range(len(continuations))]
-        per_token = self._token_logprobs([encoded[p] for p, _ in rows], [continuations[c] for _, c in rows])
-        return np.array([tokens.sum() for tokens in per_token]).reshape(len(prompts), len(continuations))
+        return np.array(self.score_rows([(row, continuations) for row in encoded])).reshape(len(prompts), len(continuations))
+
+    @torch.inference_mode()
+    def score_rows(self, rows: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> list[np.ndarray]:
+        """Token-level scoring: for each (prompt ids, continuations) row, the continuations' log-probabilities.
+
+        Rows may come from different requests (a server merges concurrent requests'
+        rows into the same passes), each with its own continuations. A row whose
+        continuations are all single tokens takes one pass (all ids read from the last
+        position); otherwise each (prompt, continuation) pair is a sequence of its own.
+        """
+        # (row, column or None for a label row, token ids); a label row reads all its ids at once.
+        items: list[tuple[int, int | None, list[int]]] = []
+        for r, (prompt, continuations) in enumerate(rows):
+            if all(len(c) == 1 for c in continuations):
+                items.append((r, None, list(prompt)))
+            else:
+                items.extend((r, c, list(prompt) + list(continuation)) for c, continuation in enumerate(continuations))
+        sequences = [tokens for _, _, tokens in items]
+
+        def score(batch: list[int]) -> list:
+            lengths = [0 if items[i][1] is None else len(rows[items[i][0]][1][items[i][1]]) for i in batch]
+            keep = max(lengths) + 1
+            logprobs = self._last_logprobs([sequences[i] for i in batch], keep=keep)
+            scores = []
+            for j, (index, length) in enumerate(zip(batch, lengths)):
+                row, column, _ = items[index]
+                if column is None:
+                    ids = torch.tensor([c[0] for c in rows[row][1]], device=self.device)
+                    scores.append(logprobs[j, keep - 1, ids].double().cpu().numpy())
+                else:
+                    target = torch.tensor(rows[row][1][column], device=self.device)
+                    span = logprobs[j, keep - 1 - length : keep - 1, :]
+                    scores.append(span.gather(1, target[:, None]).sum().item())
+            return scores
+
+        results = [np.zeros(len(continuations)) for _, continuations in rows]
+        for (row, column, _), value in zip(items, self._map_batches(sequences, score)):
+            if column is None:
+                results[row] = value
+            else:
+                results[row][column] = value
+        return results
 
     @torch.inference_mode()
     def continuation_token_logprobs(self, prompts: Sequence[str], continuation: Sequence[int]) -> np.ndarray:
@@ -311,7 +340,16 @@ class ModelScorer:
             raise ValueError("every continuation needs at least one token")
         encoded = [self.encode_prompt(p) for p in prompts]
         self.stats.evaluations += len(prompts)
-        return np.vstack(self._token_logprobs(encoded, [continuation] * len(prompts)))
+        return np.vstack(self.token_logprob_rows([(row, continuation) for row in encoded]))
+
+    @torch.inference_mode()
+    def token_logprob_rows(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[np.ndarray]:
+        """Per-token log-probabilities of each (prompt ids, continuation) row; rows may come from different requests."""
+        return self._token_logprobs([prompt for prompt, _ in rows], [continuation for _, continuation in rows])
+
+    def new_request(self) -> None:
+        """Forget cached prefixes: a request's values and token counts never depend on earlier requests."""
+        self.prefix_kv.clear()
 
     def _token_logprobs(self, encoded: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Per-token log-probabilities of continuations[i] after encoded[i], batched."""
@@ -368,14 +406,19 @@ class ModelScorer:
         """
         encoded = [self.encode_prompt(p) for p in prompts]
         self.stats.evaluations += len(prompts)
-        known: list[list[int]] = [[] for _ in prompts]
-        pending = list(range(len(prompts)))
+        return self.greedy_ids(encoded, max_new_tokens, tree)
+
+    @torch.inference_mode()
+    def greedy_ids(self, encoded: Sequence[Sequence[int]], max_new_tokens: int, tree: AnswerTree | None = None) -> list[list[int]]:
+        """`greedy` on token ids; rows may come from different requests (without a tree)."""
+        known: list[list[int]] = [[] for _ in encoded]
+        pending = list(range(len(encoded)))
         if tree is not None and tree.size and self.tree_capable:
             continue_here = self.draft is None
             verdicts = self._map_batches(
                 encoded, lambda batch: self._verify_batch([encoded[i] for i in batch], tree, max_new_tokens, continue_here)
             )
-            self.stats.tree_checks += len(prompts)
+            self.stats.tree_checks += len(encoded)
             self.stats.tree_accepted += sum(verdict.answer is not None and not verdict.continued for verdict in verdicts)
             if continue_here:
                 return [verdict.answer for verdict in verdicts]
@@ -544,6 +587,11 @@ class _RecordingCache(DynamicCache):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         self.recorded[layer_idx] = (key_states, value_states)
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
+def check_continuations(continuations: Sequence[Sequence[int]]) -> None:
+    if not continuations or any(len(c) == 0 for c in continuations):
+        raise ValueError("every continuation needs at least one token")
 
 
 def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:

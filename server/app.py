@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -38,12 +38,16 @@ class RunningServer:
     port: int
     service: ExplainerService
     health: health.aio.HealthServicer
+    owned: list = field(default_factory=list)
+    """What the server started for its models (batcher threads) and stops with itself; given backends stay the caller's."""
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then cancel them."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.service.worker.shutdown()
+        for executor in self.owned:
+            executor.close()
 
 
 def load_explainers(specs: Sequence[str]) -> dict:
@@ -60,15 +64,22 @@ def load_explainers(specs: Sequence[str]) -> dict:
     return explainers
 
 
-async def start_server(config: ServerConfig, explainers: Mapping) -> RunningServer:
-    """Start serving `explainers` (name -> Explainer; the first is the default) and return the bound server."""
-    from longshap.server.service import ExplainerService  # imports the engine (torch): only when serving
+async def start_server(config: ServerConfig, explainers: Mapping, backends: Mapping | None = None) -> RunningServer:
+    """Start serving `explainers` (name -> Explainer; the first is the default) and return the bound server.
+
+    `backends` (name -> e.g. server.ray_backend.RayBackend) run those models' forward
+    passes elsewhere (see server.batching.build_executors); they stay the caller's to close.
+    """
+    # These import the engine (torch): only when serving.
+    from longshap.server.batching import build_executors
+    from longshap.server.service import ExplainerService
 
     if not explainers:
         raise ValueError("at least one model must be served")
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     server = grpc.aio.server(interceptors=interceptors)
-    service = ExplainerService(explainers, next(iter(explainers)), config.limits)
+    executors = build_executors(explainers, backends or {}, config.concurrency, config.batching)
+    service = ExplainerService(explainers, next(iter(explainers)), config.limits, executors, config.concurrency)
     pb_grpc.add_ExplainerServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -84,12 +95,14 @@ async def start_server(config: ServerConfig, explainers: Mapping) -> RunningServ
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening", extra={"fields": {"host": config.host, "port": port, "models": list(explainers), "tls": config.tls_cert is not None}})
-    return RunningServer(server, port, service, health_servicer)
+    given = list((backends or {}).values())
+    owned = [executor for executor in executors.values() if all(executor is not backend for backend in given)]
+    return RunningServer(server, port, service, health_servicer, owned)
 
 
-async def serve(config: ServerConfig, explainers: Mapping) -> None:
+async def serve(config: ServerConfig, explainers: Mapping, backends: Mapping | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    running = await start_server(config, explainers)
+    running = await start_server(config, explainers, backends)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,8 +116,8 @@ async def serve(config: ServerConfig, explainers: Mapping) -> None:
 class ServerThread:
     """A server on its own event loop in a background thread: for embedding and tests."""
 
-    def __init__(self, config: ServerConfig, explainers: Mapping) -> None:
-        self._config, self._explainers = config, explainers
+    def __init__(self, config: ServerConfig, explainers: Mapping, backends: Mapping | None = None) -> None:
+        self._config, self._explainers, self._backends = config, explainers, backends
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="longshap-server", daemon=True)
@@ -114,7 +127,7 @@ class ServerThread:
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            self.running = self._loop.run_until_complete(start_server(self._config, self._explainers))
+            self.running = self._loop.run_until_complete(start_server(self._config, self._explainers, self._backends))
         except BaseException as error:  # noqa: BLE001 - reported by start()
             self._error = error
         self._ready.set()
@@ -168,6 +181,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--max-candidates", type=int, default=defaults.max_candidates)
     parser.add_argument("--queue-size", type=int, default=defaults.queue_size, help="requests that may wait for the busy worker")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get at shutdown")
+    scale = parser.add_argument_group("scale")
+    scale.add_argument("--concurrency", type=int, default=1, help="requests run at once (their forward passes are merged); more wait in the queue")
+    scale.add_argument("--no-batching", dest="batching", action="store_false", help="run concurrent requests' passes one call at a time instead of merging them")
+    scale.add_argument("--ray", action="store_true", help="run the models as Ray actor replicas (pip install 'longshap[ray]')")
+    scale.add_argument("--address", help="Ray cluster to join (default: start a local one)")
+    scale.add_argument("--replicas", type=int, default=2, help="replicas per model with --ray")
     return parser
 
 
@@ -179,11 +198,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.token_file and not token:
         raise ValueError(f"--token-file {args.token_file}: the file is empty")
     limits = Limits(args.max_documents, args.max_characters, args.max_budget, args.max_candidates, args.queue_size)
+    if args.concurrency < 1 or args.replicas < 1:
+        raise ValueError("--concurrency and --replicas must be at least 1")
+    if args.address and not args.ray:
+        raise ValueError("--address is the Ray cluster's: it needs --ray")
     if any(value < 1 for name, value in limits.__dict__.items() if name != "queue_size") or limits.queue_size < 0:
         raise ValueError("limits must be positive (the queue size may be 0)")
     return ServerConfig(
         args.host, args.port, limits, token,
         args.tls_cert.read_bytes() if args.tls_cert else None, args.tls_key.read_bytes() if args.tls_key else None, args.grace,
+        concurrency=args.concurrency, batching=args.batching,
     )
 
 
@@ -196,10 +220,35 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     except (ValueError, OSError) as error:
         print(f"longshap serve: {error}", file=sys.stderr)
         return 2
+    specs = args.model or [DEFAULT_MODEL]
     try:
-        explainers = load_explainers(args.model or [DEFAULT_MODEL])
+        explainers = load_explainers(specs)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"longshap serve: cannot load a model: {error}", file=sys.stderr)
         return 1
-    asyncio.run(serve(config, explainers))
+    if not args.ray:
+        asyncio.run(serve(config, explainers))
+        return 0
+    return _serve_on_ray(config, explainers, specs, args)
+
+
+def _serve_on_ray(config: ServerConfig, explainers: Mapping, specs: Sequence[str], args: argparse.Namespace) -> int:
+    """Serve with every model's forward passes on `args.replicas` Ray actors (a local cluster without --address)."""
+    try:
+        from longshap.server import ray_backend
+    except ImportError as error:
+        print(f"longshap serve: {error}", file=sys.stderr)
+        return 2
+    connected = ray_backend.connect(args.address)
+    try:
+        log.info("starting replicas", extra={"fields": {"replicas": args.replicas, "address": args.address or "local"}})
+        backends = {name: ray_backend.RayBackend(path, args.replicas) for name, path in map(parse_model_spec, specs)}
+        try:
+            asyncio.run(serve(config, explainers, backends))
+        finally:
+            for backend in backends.values():
+                backend.close()
+    finally:
+        if connected:
+            ray_backend.disconnect()
     return 0

@@ -34,6 +34,10 @@ class ServerConfig:
     tls_cert: bytes | None = None
     tls_key: bytes | None = None
     grace_seconds: float = 10.0
+    concurrency: int = 1
+    """Requests run at once; their model work is merged (batching) or spread over replicas."""
+    batching: bool = True
+    """Merge the forward passes of concurrent requests (only matters with concurrency > 1)."""
 
 
 def parse_model_spec(spec: str) -> tuple[str, str | None]:

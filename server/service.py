@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import threading
 import time
@@ -15,8 +16,10 @@ import grpc
 from longshap.hierarchy import Explainer
 from longshap.hierarchy.errors import Cancelled
 from longshap.hierarchy.request import RequestError as EngineRequestError
+from longshap.hierarchy.gradients import is_gradient_method
 from longshap.hierarchy.rerank import rerank
 from longshap.proto.wire import event_to_proto, pb, pb_grpc, rerank_to_proto
+from longshap.server.batching import Executor, RequestScorer
 from longshap.server.config import Limits
 from longshap.server.validation import RequestError, explain_request, rerank_arguments, resolve_model
 from longshap.server.worker import QueueFull, Worker
@@ -63,11 +66,25 @@ def _describe(record: RequestLog, prompt: pb.QAPrompt | pb.ClassificationPrompt 
 class ExplainerService(pb_grpc.ExplainerServicer):
     """Serves the configured explainers; every model call goes through one bounded worker."""
 
-    def __init__(self, explainers: Mapping[str, Explainer], default: str, limits: Limits) -> None:
+    def __init__(
+        self, explainers: Mapping[str, Explainer], default: str, limits: Limits,
+        executors: Mapping[str, Executor] | None = None, concurrency: int = 1,
+    ) -> None:
         self.explainers = dict(explainers)
         self.default = default
         self.limits = limits
-        self.worker = Worker(limits.queue_size)
+        self.executors = dict(executors or {})
+        """Per model, where concurrent requests' model work goes (server.batching); none: the explainer's own scorer."""
+        self.worker = Worker(limits.queue_size, concurrency)
+
+    def _explainer(self, model: str) -> Explainer:
+        """The model's explainer, or with an executor a copy of it whose scorer is this request's own."""
+        explainer = self.explainers[model]
+        if model not in self.executors:
+            return explainer
+        request_explainer = copy.copy(explainer)
+        request_explainer.scorer = RequestScorer(explainer.scorer, self.executors[model])
+        return request_explainer
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         models = [
@@ -83,7 +100,13 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         async with self._outcome(context, record):
             record.model = resolve_model(request.model, self.explainers, self.default)
             engine_request = explain_request(request, self.limits)
-            explainer = self.explainers[record.model]
+            if is_gradient_method(engine_request.method) and record.model in self.executors:
+                raise RequestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"method: {engine_request.method} needs the model's gradients in the server process; this server sends "
+                    "model work to a batcher or Ray replicas (--concurrency > 1 or --ray), which score but do not differentiate",
+                )
+            explainer = self._explainer(record.model)
 
             def job(emit: Callable, should_stop: Callable[[], bool]) -> None:
                 for event in explainer.explain_stream(engine_request, on_progress=emit, should_stop=should_stop):
@@ -100,7 +123,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         async with self._outcome(context, record):
             record.model = resolve_model(request.model, self.explainers, self.default)
             engine_request, candidates = rerank_arguments(request, self.limits)
-            explainer = self.explainers[record.model]
+            explainer = self._explainer(record.model)
 
             def job(emit: Callable, should_stop: Callable[[], bool]) -> None:
                 emit(rerank_to_proto(rerank(explainer, engine_request, candidates, should_stop)))

@@ -16,11 +16,16 @@ class QueueFull(Exception):
 
 
 class Worker:
-    """Runs jobs one at a time on a dedicated thread, with at most `queue_size` waiting."""
+    """Runs jobs on `threads` dedicated threads (one by default), with at most `queue_size` waiting.
 
-    def __init__(self, queue_size: int) -> None:
+    More than one thread only pays when the model work of concurrent jobs is merged
+    or spread out (server.batching, server.ray_backend).
+    """
+
+    def __init__(self, queue_size: int, threads: int = 1) -> None:
         self.queue_size = queue_size
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="longshap-worker")
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="longshap-worker")
         self._lock = threading.Lock()
         self._pending = 0
 
@@ -31,7 +36,7 @@ class Worker:
 
     def submit(self, job: Callable[[], None]) -> Future:
         with self._lock:
-            if self._pending > self.queue_size:
+            if self._pending >= self.threads + self.queue_size:
                 raise QueueFull(f"the worker is busy and {self.queue_size} request(s) already wait; retry later")
             self._pending += 1
         future = self._executor.submit(job)

@@ -1,0 +1,109 @@
+"""Ray replicas on a real local cluster bound to 127.0.0.1: same values, shared replicas, cancellation, replaced replicas."""
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from longshap.hierarchy.errors import Cancelled
+from longshap.proto.wire import collect, pb_grpc
+from longshap.server.app import ServerConfig, ServerThread
+from longshap.server.batching import RequestScorer
+from serving import DOCUMENTS, LIMITS, QUESTION, qa_request, slow_request, wait_until
+
+ray = pytest.importorskip("ray")
+from longshap.server.ray_backend import RayBackend, connect, disconnect
+
+REQUEST = {"question": QUESTION, "documents": DOCUMENTS, "budget": 60, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_llama_dir):
+    """Two tiny-model replicas on a local Ray cluster (3 CPUs: room to replace one), shut down at the end."""
+    assert connect(num_cpus=3), "Ray was already initialised by something else"
+    try:
+        backend = RayBackend(str(tiny_llama_dir), replicas=2, chunk_rows=8, ready_timeout_s=120)
+        yield backend
+        backend.close()
+    finally:
+        disconnect()
+
+
+def _on(backend, explainer):
+    clone = copy.copy(explainer)
+    clone.scorer = RequestScorer(explainer.scorer, backend)
+    return clone
+
+
+def _values(explanation) -> list[float]:
+    return [f.value for level in explanation.levels for f in level.features]
+
+
+def test_ray_cluster_is_on_localhost_only(backend):
+    nodes = ray.nodes()
+    assert nodes and all(node["NodeManagerAddress"] == "127.0.0.1" for node in nodes)
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+
+
+def test_server_on_replicas_equals_the_local_engine(backend, tiny_llama_dir, tiny_explainer):
+    from longshap.hierarchy import Explainer
+
+    done_before = list(backend.chunks_done)
+    server = ServerThread(
+        ServerConfig(port=0, limits=LIMITS, concurrency=2), {"tiny": Explainer.from_pretrained(str(tiny_llama_dir))}, {"tiny": backend}
+    )
+    with server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ExplainerStub(channel)
+        with ThreadPoolExecutor(2) as pool:
+            streams = list(pool.map(lambda seed: list(stub.Explain(qa_request(budget=30, seed=seed), timeout=120)), (1, 2)))
+        for seed, events in zip((1, 2), streams):
+            expected = tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, budget=30, seed=seed).to_dict()
+            got = collect(events)
+            assert got["answer"] == expected["answer"]
+            for got_level, want_level in zip(got["levels"], expected["levels"], strict=True):
+                assert [f["id"] for f in got_level["features"]] == [f["id"] for f in want_level["features"]]
+                assert [f["value"] for f in got_level["features"]] == pytest.approx(
+                    [f["value"] for f in want_level["features"]], rel=1e-4, abs=1e-4
+                )
+            assert got["stats"]["evaluations"] == expected["stats"]["evaluations"]
+    assert all(after > before for after, before in zip(backend.chunks_done, done_before)), "both replicas did work"
+
+
+def test_cancellation_reaches_the_replicas(backend, tiny_explainer):
+    stop = threading.Event()
+    explainer = _on(backend, tiny_explainer)
+    arguments = {"text": slow_request().classification.text, "labels": ["negative", "positive"], "budget": 10**6}
+    stopped_before = sum(ray.get([replica.stopped_calls.remote() for replica in backend.replicas]))
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(lambda: explainer.explain(**arguments, should_stop=stop.is_set))
+        wait_until(lambda: sum(backend.chunks_done) > 0 and any(backend._busy), 60)
+        stop.set()
+        with pytest.raises(Cancelled):
+            running.result(timeout=5)
+    assert sum(ray.get([replica.stopped_calls.remote() for replica in backend.replicas])) > stopped_before
+    started = time.monotonic()
+    _on(backend, tiny_explainer).explain(text="a charming journey", labels=["negative", "positive"], budget=10)
+    assert time.monotonic() - started < 10, "the replicas were freed"
+
+
+def test_a_killed_replica_is_replaced_and_nothing_is_lost_or_counted_twice(backend, tiny_explainer):
+    reference = _on(backend, tiny_explainer).explain(**REQUEST)
+    replaced, retried = backend.replicas, backend.retried
+    replaced_before = backend.replaced
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(lambda: _on(backend, tiny_explainer).explain(**REQUEST))
+        done_at_start = sum(backend.chunks_done)
+        wait_until(lambda: sum(backend.chunks_done) >= done_at_start + 2, 60)
+        assert not running.done(), "the request must still be running when its replica is killed"
+        ray.kill(replaced[0])
+        result = running.result(timeout=120)
+    assert backend.replaced == replaced_before + 1 and backend.retried > retried
+    np.testing.assert_allclose(_values(result), _values(reference), atol=1e-9)
+    without_time = ("wall_seconds",)
+    assert {k: v for k, v in result.stats.items() if k not in without_time} == {
+        k: v for k, v in reference.stats.items() if k not in without_time
+    }
