@@ -277,7 +277,7 @@ def _explanation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="the answer/label to explain (default: the model's own)")
     parser.add_argument("--levels", help="comma-separated, coarse to fine, e.g. document,sentence,word")
     parser.add_argument("--threshold", type=float, help="expansion threshold for every level")
-    parser.add_argument("--method", help="permutation | kernel | exact | banzhaf | loo")
+    parser.add_argument("--method", help="auto (default) | leverage | permutation | kernel | exact | banzhaf | banzhaf_ls | loo")
     parser.add_argument("--budget", type=int, help="model evaluations per level")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--value", help="logprob | probability | answers | label")

@@ -55,7 +55,7 @@ def _budget(request, limits: Limits, field: str = "budget") -> int | None:
 def _method(method: str) -> str:
     if method and method not in ESTIMATORS:
         raise invalid(f"method: unknown estimator {method!r}; use one of {sorted(ESTIMATORS)}")
-    return method or "permutation"
+    return method or "auto"
 
 
 def _qa(prompt: pb.QAPrompt, limits: Limits, field: str) -> dict:
