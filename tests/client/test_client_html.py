@@ -56,7 +56,7 @@ def test_report_is_self_contained_with_values_on_hover(report):
     assert not page.external
     levels = {cls for span in page.spans for cls in span["class"].split()} - {"hl"}
     assert levels == {"sentence", "word"}
-    assert all(re.fullmatch(r"d\d(\.[sw]\d+)+: [+-]\d\.\d{4} ± \d\.\d{4}", span["title"]) for span in page.spans)
+    assert all(re.fullmatch(r"d\d(\.[sw]\d+)+: [+-]\d\.\d{4} ± (\d\.\d{4}|inf)", span["title"]) for span in page.spans)
     assert all(span["style"].startswith("background:rgba(") for span in page.spans)
 
 
