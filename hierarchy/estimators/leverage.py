@@ -62,37 +62,48 @@ def _plan(n: int, pairs: int) -> tuple[list[int], dict[int, int]]:
     return enumerated, counts
 
 
-def _stratum_members(n: int, size: int, count: int | None, rng: np.random.Generator) -> np.ndarray:
-    """`count` distinct coalitions of one stratum (all of them when None), one per pair.
+class _StratumSampler:
+    """Distinct coalitions of one stratum in random order, one per pair, drawn as needed.
 
     For size n/2 a pair's two halves are the same size, so the half containing player 0
-    stands for the pair.
+    stands for the pair. Small strata are listed once and shuffled (exhausting one is
+    enumerating it); large ones are drawn by rejection. Lazy, so a huge budget costs no
+    up-front work and cancellation is checked between batches.
     """
-    half = 2 * size == n
-    total = _stratum_pairs(n, size)
-    if count is None or total <= ENUMERABLE:
-        if half:
-            chosen = [(0, *rest) for rest in itertools.combinations(range(1, n), size - 1)]
+
+    def __init__(self, n: int, size: int, rng: np.random.Generator) -> None:
+        self.n, self.size, self.rng = n, size, rng
+        self.half = 2 * size == n
+        self.total = _stratum_pairs(n, size)
+        self.listed: list[tuple[int, ...]] | None = None
+        self.seen: set[bytes] = set()
+        self.drawn = 0
+
+    def draw(self, count: int) -> np.ndarray:
+        members = np.zeros((count, self.n), dtype=bool)
+        if self.total <= ENUMERABLE:
+            if self.listed is None:
+                if self.half:
+                    listed = [(0, *rest) for rest in itertools.combinations(range(1, self.n), self.size - 1)]
+                else:
+                    listed = list(itertools.combinations(range(self.n), self.size))
+                self.listed = [listed[i] for i in self.rng.permutation(len(listed))]
+            for row, players in enumerate(self.listed[self.drawn : self.drawn + count]):
+                members[row, list(players)] = True
         else:
-            chosen = list(itertools.combinations(range(n), size))
-        if count is not None:
-            chosen = [chosen[i] for i in rng.choice(len(chosen), size=count, replace=False)]
-        members = np.zeros((len(chosen), n), dtype=bool)
-        for row, players in enumerate(chosen):
-            members[row, list(players)] = True
+            row = 0
+            while row < count:
+                members[row, self.rng.choice(self.n, size=self.size, replace=False)] = True
+                if self.half and not members[row, 0]:
+                    members[row] = ~members[row]
+                key = np.packbits(members[row]).tobytes()
+                if key in self.seen:
+                    members[row] = False
+                    continue
+                self.seen.add(key)
+                row += 1
+        self.drawn += count
         return members
-    seen: set[bytes] = set()
-    rows: list[np.ndarray] = []
-    while len(rows) < count:
-        row = np.zeros(n, dtype=bool)
-        row[rng.choice(n, size=size, replace=False)] = True
-        if half and not row[0]:
-            row = ~row
-        key = np.packbits(row).tobytes()
-        if key not in seen:
-            seen.add(key)
-            rows.append(row)
-    return np.array(rows)
 
 
 def _fit(
@@ -183,18 +194,20 @@ class Leverage:
             values = total[None, :]
             return Estimate(values, np.zeros_like(values), game.evaluations - start, self.name)
         enumerated, counts = _plan(n, max(1, (budget - 2) // 2))
-        first = [_stratum_members(n, s, None, rng) for s in enumerated]
-        first_strata = [np.full(len(block), s) for s, block in zip(enumerated, first)]
-        drawn = [_stratum_members(n, s, c, rng) for s, c in counts.items() if c > 0]
-        drawn_strata = [np.full(c, s) for s, c in counts.items() if c > 0]
-        order = rng.permutation(sum(counts.values()))
-        later = np.vstack(drawn)[order] if drawn else np.zeros((0, n), dtype=bool)
-        later_strata = np.concatenate(drawn_strata)[order] if drawn else np.zeros(0, dtype=int)
-        members = np.vstack([*first, later[: max(0, n + 1 - sum(map(len, first)))]])
-        strata = np.concatenate([*first_strata, later_strata[: len(members) - sum(map(len, first))]]).astype(int)
-        done_pairs = len(members) - sum(map(len, first))
+        samplers = {s: _StratumSampler(n, s, rng) for s in [*enumerated, *counts]}
+        # Enumerated strata first, then the sampled pairs with strata interleaved at random;
+        # any prefix is a random sample of each stratum, so every batch gives a valid fit.
+        first = rng.permutation(np.repeat(enumerated, [_stratum_pairs(n, s) for s in enumerated]).astype(int))
+        later = rng.permutation(np.repeat(list(counts), list(counts.values())).astype(int))
+        queue = np.concatenate([first, later])
         member_blocks, strata_blocks, inside_blocks, outside_blocks = [], [], [], []
-        while True:
+        done_pairs = 0
+        while done_pairs < len(queue):
+            strata = queue[done_pairs : done_pairs + growing_batch(n + 1, done_pairs)]
+            members = np.zeros((len(strata), n), dtype=bool)
+            for s in np.unique(strata):
+                members[strata == s] = samplers[int(s)].draw(int(np.sum(strata == s)))
+            done_pairs += len(strata)
             batch = game.evaluate(np.vstack([members, ~members]), [context] * (2 * len(members)))
             member_blocks.append(members)
             strata_blocks.append(strata)
@@ -203,17 +216,14 @@ class Leverage:
             inside, outside = pad_columns(inside_blocks), pad_columns(outside_blocks)
             width = inside.shape[1]
             base = np.pad(empty, (0, width - len(empty)))
+            complete = {s for s, sampler in samplers.items() if sampler.drawn == sampler.total}
             values, stderr = _fit(
-                n, np.vstack(member_blocks), np.concatenate(strata_blocks), set(enumerated),
+                n, np.vstack(member_blocks), np.concatenate(strata_blocks), complete,
                 inside - base, outside - base, np.pad(total, (0, width - len(total))),
             )
             report(progress, game.evaluations - start, budget, values, stderr)
-            left = len(later) - done_pairs
-            if left <= 0 or done(stderr, target_stderr, done_pairs):
+            if done(stderr, target_stderr, done_pairs):
                 break
-            size = min(left, growing_batch(n + 1, done_pairs))
-            members, strata = later[done_pairs : done_pairs + size], later_strata[done_pairs : done_pairs + size]
-            done_pairs += size
         return Estimate(
             values, stderr, game.evaluations - start, self.name,
             samples=sum(map(len, strata_blocks)), extras={"enumerated_sizes": sorted(enumerated)},

@@ -102,7 +102,9 @@ def test_a_killed_replica_is_replaced_and_nothing_is_lost_or_counted_twice(backe
         ray.kill(replaced[0])
         result = running.result(timeout=120)
     assert backend.replaced == replaced_before + 1 and backend.retried > retried
-    np.testing.assert_allclose(_values(result), _values(reference), atol=1e-9)
+    # Chunks are re-cut after the kill and replicas keep their prefix caches, so passes differ in
+    # shape: float32 noise (~1e-7), not lost or doubled rows, which would move values by ~1e-2.
+    np.testing.assert_allclose(_values(result), _values(reference), rtol=0, atol=1e-5)
     without_time = ("wall_seconds",)
     assert {k: v for k, v in result.stats.items() if k not in without_time} == {
         k: v for k, v in reference.stats.items() if k not in without_time

@@ -1,0 +1,150 @@
+"""Document-level faithfulness on 10-passage NQ prompts: LongSHAP's estimators vs leave-one-out vs ContextCite.
+
+Run from the repository root: `python -m bench.faithfulness [--quick] [--json PATH] [--model DIR]`.
+
+One game per prompt (gold passage + 9 passages of other rows, seeded): v(kept passages) =
+log p(target | prompt with only those passages), on the default model, target = the gold
+answer and (without --quick) also the model's greedy answer. Every method gets the same
+value function and is charged every distinct coalition it asks for (a shared cache only
+spares the model recomputing what another method already asked). ContextCite: keep-
+probability-0.5 random ablations fitted by the `context-cite` package's own
+`LassoRegression` solver (their algorithm, their code), at 32 and 64 evaluations.
+Metrics as in the ContextCite paper: top-k log-probability drop (v(all) - v(all but the k
+top-attributed passages), k = 1, 2, 3; larger is better), LDS (Spearman correlation of the
+summed attributions of kept passages with the true value over 64 held-out keep-0.5
+ablations), whether the gold passage is ranked first.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from context_cite.solver import LassoRegression
+
+from bench.common import parser, print_table, write_json
+from longshap.hierarchy import Explainer
+from longshap.hierarchy.data import load_nq, nq_prompt
+from longshap.hierarchy.estimators import estimate
+
+DISTRACTORS = 9
+HELD_OUT = 64
+TOPS = (1, 2, 3)
+LONGSHAP = [("loo", None), ("permutation", 32), ("kernel", 32), ("leverage", 32), ("auto", 32),
+            ("permutation", 64), ("kernel", 64), ("leverage", 64), ("auto", 64)]
+CONTEXTCITE_BUDGETS = (32, 64)
+
+
+class CachedGame:
+    """log p(target | kept passages), computed once per distinct mask for all methods."""
+
+    def __init__(self, probability) -> None:
+        self.probability, self.cache, self.model_seconds, self.model_evaluations = probability, {}, 0.0, 0
+
+    def __call__(self, keep: np.ndarray) -> np.ndarray:
+        keep = np.atleast_2d(np.asarray(keep, dtype=bool))
+        keys = [row.tobytes() for row in keep]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if missing:
+            started = time.perf_counter()
+            rows = np.array([np.frombuffer(k, dtype=bool) for k in missing])
+            values = np.log(np.maximum(self.probability(rows), 1e-300))
+            self.model_seconds += time.perf_counter() - started
+            self.model_evaluations += len(missing)
+            self.cache.update(zip(missing, values))
+        return np.array([self.cache[k] for k in keys])
+
+
+class Charged:
+    """One method's view of the game: counts the distinct masks it asked for."""
+
+    def __init__(self, game: CachedGame) -> None:
+        self.game, self.seen = game, set()
+
+    def __call__(self, keep: np.ndarray) -> np.ndarray:
+        keep = np.atleast_2d(np.asarray(keep, dtype=bool))
+        self.seen.update(row.tobytes() for row in keep)
+        return self.game(keep)
+
+
+def contextcite(game: Charged, n: int, budget: int, seed: int, answer_tokens: int) -> np.ndarray:
+    masks = np.random.default_rng(seed).random((budget, n)) < 0.5
+    weights, _ = LassoRegression().fit(masks, game(masks), answer_tokens)
+    return weights
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation; the values are continuous, so ties do not occur."""
+    return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
+
+
+def score(attribution: np.ndarray, game: CachedGame, held_out: np.ndarray, gold: int) -> dict[str, float]:
+    n = len(attribution)
+    full = game(np.ones((1, n), dtype=bool))[0]
+    order = np.argsort(-attribution)
+    drops = {}
+    for k in TOPS:
+        keep = np.ones((1, n), dtype=bool)
+        keep[0, order[:k]] = False
+        drops[f"top{k} drop"] = float(full - game(keep)[0])
+    lds = spearman(held_out.astype(float) @ attribution, game(held_out))
+    return {**drops, "LDS": lds, "gold first": float(order[0] == gold)}
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    rows = [5] if args.quick else [5, 11, 23, 42, 57, 88, 101, 150]
+    targets = ["gold"] if args.quick else ["gold", "greedy"]
+    explainer = Explainer.from_pretrained(args.model)
+    nq = load_nq()
+    results: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        prompt = nq_prompt(nq, row, DISTRACTORS, seed=0)
+        for target_kind in targets:
+            target = prompt.answers[0] if target_kind == "gold" else None
+            units, probability = explainer.probability_function(
+                "document", question=prompt.question, documents=prompt.documents, target=target
+            )
+            n = len(units)
+            game = CachedGame(probability)
+            held_out = np.random.default_rng(1000 + row).random((HELD_OUT, n)) < 0.5
+            answer_tokens = max(1, len(explainer.scorer.tokenizer(prompt.answers[0], add_special_tokens=False)["input_ids"]))
+            runs: list[tuple[str, np.ndarray, int, float]] = []
+            for method, budget in LONGSHAP:
+                charged = Charged(game)
+                before = game.model_seconds
+                started = time.perf_counter()
+                result = estimate(charged, n, method, budget=budget, seed=row)
+                label = f"{method} @{budget}" if budget else f"{method}"
+                if method == "auto":
+                    label += f" ({result.method})"
+                seconds = time.perf_counter() - started - (game.model_seconds - before)
+                runs.append((label, result.values, len(charged.seen), seconds))
+            for budget in CONTEXTCITE_BUDGETS:
+                charged = Charged(game)
+                before = game.model_seconds
+                started = time.perf_counter()
+                weights = contextcite(charged, n, budget, row, answer_tokens)
+                runs.append((f"ContextCite @{budget}", weights, len(charged.seen), time.perf_counter() - started - (game.model_seconds - before)))
+            per_eval = game.model_seconds / max(1, game.model_evaluations)
+            for label, attribution, evaluations, overhead in runs:
+                figures = score(attribution, game, held_out, prompt.gold_index)
+                figures.update(evaluations=float(evaluations), seconds=overhead + evaluations * per_eval)
+                results.setdefault((target_kind, label), []).append(figures)
+            print(f"row {row} ({target_kind}): {game.model_evaluations} distinct model evaluations, {per_eval:.2f} s each", flush=True)
+    metrics = [*(f"top{k} drop" for k in TOPS), "LDS", "gold first", "evaluations", "seconds"]
+    table, flat = [], {}
+    for (target_kind, label), runs in results.items():
+        means = {m: float(np.mean([r[m] for r in runs])) for m in metrics}
+        table.append([target_kind, label, *(means[m] for m in metrics)])
+        flat.update({f"{target_kind}/{label}/{m}": v for m, v in means.items()})
+    print_table(
+        ["target", "method", *metrics[:-1], "charged s"],
+        table,
+        f"Document-level faithfulness, {len(rows)} NQ prompts x 10 passages, default model; "
+        "seconds = own overhead + evaluations x measured s/evaluation (machine shared with other jobs)",
+    )
+    write_json(args.json, flat)
+
+
+if __name__ == "__main__":
+    main()
