@@ -68,18 +68,11 @@ def _qa(prompt: pb.QAPrompt, limits: Limits, field: str) -> dict:
     for index, doc in enumerate(prompt.documents):
         if not doc.text.strip():
             raise invalid(f"{field}.documents[{index}].text: must not be empty")
-    characters = len(prompt.question) + len(prompt.instruction) + sum(len(d.text) + len(d.title) for d in prompt.documents)
-    _check_characters(characters, limits, field)
     return {
         "question": prompt.question,
         "documents": [{"title": d.title, "text": d.text} for d in prompt.documents],
         "instruction": prompt.instruction or None,
     }
-
-
-def _check_characters(characters: int, limits: Limits, field: str) -> None:
-    if characters > limits.max_characters:
-        raise invalid(f"{field}: {characters} characters, the limit is {limits.max_characters}")
 
 
 def _classification(prompt: pb.ClassificationPrompt, limits: Limits) -> dict:
@@ -92,7 +85,6 @@ def _classification(prompt: pb.ClassificationPrompt, limits: Limits) -> dict:
         raise invalid("classification.labels: labels must not be empty")
     if len(set(labels)) != len(labels):
         raise invalid(f"classification.labels: labels must be distinct, got {labels}")
-    _check_characters(len(prompt.text) + len(prompt.instruction) + sum(map(len, labels)), limits, "classification")
     return {"text": prompt.text, "labels": labels, "instruction": prompt.instruction or None}
 
 
