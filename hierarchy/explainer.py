@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from longshap.hierarchy.errors import Cancelled
 from longshap.hierarchy.estimators import Progress, default_budget, get_estimator
 from longshap.hierarchy.games import MemoisedGame, pad_columns
 from longshap.hierarchy.prompt import ClassificationPrompt, QAPrompt
@@ -63,6 +64,12 @@ def _documents(documents: Sequence) -> list[Document]:
         else:
             raise ValueError(f"documents[{index}]: expected a dict with 'text' (and optional 'title'), got {type(doc).__name__}")
     return parsed
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    """Between phases (tokenising, label ids, answer decoding): the model's layers poll it within them."""
+    if should_stop is not None and should_stop():
+        raise Cancelled("explanation cancelled")
 
 
 def _levels(levels: Sequence[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -211,10 +218,12 @@ class Explainer:
         caps = _per_level(max_expanded, DEFAULT_MAX_EXPANDED, "max_expanded", levels)
         _check_max_expanded(caps)
 
-        tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
         self.scorer.should_stop = should_stop
         try:
+            tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
+            _check_stop(should_stop)
             value, target_spec, answer_event = self._target(prompt, classification, tree, target, value, max_new_tokens)
+            _check_stop(should_stop)
             yield answer_event
             value_fn = build_value_function(value, self.scorer, replace(target_spec, speculative=bool(speculative)))
             request = RequestGame(lambda absent: prompt.render(tree, absent), value_fn, should_stop)
@@ -293,8 +302,8 @@ class Explainer:
         get_estimator(method)
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
             raise ValueError(f"budget: must be a positive integer, got {budget!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed: must be an integer, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
         if target_stderr is not None and (not isinstance(target_stderr, (int, float)) or not np.isfinite(target_stderr) or target_stderr <= 0):
