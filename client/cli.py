@@ -1,14 +1,17 @@
 """`longshap`: explain, classify and rerank against a server (or `--local`), and `serve`.
 
 Exit codes: 0 ok, 2 usage error (bad option, unreadable or non-UTF-8 input),
-1 with a one-line message when the server (or the local engine) refuses or fails.
+1 with a one-line message when the server (or the local engine) refuses or fails,
+141 when the reader of stdout goes away (`longshap ... | head -1`), without a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import math
 import os
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -18,11 +21,13 @@ import grpc
 from longshap.client.api import LongShapClient, LongShapError, explain_request, rerank_request
 from longshap.client.render import html_report, terminal_level, terminal_view
 from longshap.proto.wire import event_to_proto, explain_options, pb, prompt_options, rerank_to_proto
+from longshap.server.app import INT32_MAX, bounded
 
 if TYPE_CHECKING:
     from longshap.hierarchy import Explainer
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+SEED_MAX = 2**63 - 1
 
 
 class UsageError(Exception):
@@ -123,7 +128,38 @@ def _client(args: argparse.Namespace) -> LongShapClient:
         tls_ca = args.tls_ca.read_bytes() if args.tls_ca else None
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read the token or CA file: {error}") from None
+    if tls_ca is not None:
+        _check_certificates(args.tls_ca, tls_ca)
     return LongShapClient(args.server, token=token or None, tls_ca=tls_ca, timeout=args.timeout)
+
+
+def _check_certificates(path: Path, pem: bytes) -> None:
+    """PEM certificates gRPC can trust; checked here, since gRPC only reports a failed handshake."""
+    try:
+        ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (UnicodeDecodeError, ValueError, ssl.SSLError):
+        raise UsageError(f"--tls-ca {path}: cannot read certificate: expected PEM certificate(s)") from None
+
+
+def _timeout(text: str) -> float | None:
+    """Seconds > 0, or 'inf' for no deadline."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'inf', got {text!r}") from None
+    if math.isnan(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds (or 'inf' for no deadline), got {text}")
+    return None if math.isinf(seconds) else seconds
+
+
+def _writable(path: Path) -> Path:
+    """Refuse an output file that cannot be written before spending minutes on the explanation."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(path if path.exists() else folder, os.W_OK):
+        raise UsageError(f"--html {path}: cannot write there")
+    return path
 
 
 def _local_explainer(args: argparse.Namespace) -> Explainer:
@@ -163,6 +199,8 @@ def local_events(args: argparse.Namespace, message: pb.ExplainRequest, on_progre
 def _explain(args: argparse.Namespace, request: pb.ExplainRequest, documents: list[dict], question: str) -> int:
     colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
     progress = not args.no_progress and sys.stderr.isatty()
+    if args.html:
+        _writable(args.html)
     view = LiveView(sys.stdout, sys.stderr, colour, show_levels=not args.json, show_progress=progress)
     with contextlib.ExitStack() as stack:
         if args.local:
@@ -184,8 +222,11 @@ def _explain(args: argparse.Namespace, request: pb.ExplainRequest, documents: li
             f"{stats['wall_seconds']:.1f} s explaining; {view.timings()}"
         )
     if args.html:
-        args.html.parent.mkdir(parents=True, exist_ok=True)
-        args.html.write_text(html_report(explanation, documents, question), encoding="utf-8")
+        try:
+            args.html.parent.mkdir(parents=True, exist_ok=True)
+            args.html.write_text(html_report(explanation, documents, question), encoding="utf-8")
+        except OSError as error:
+            raise UsageError(f"--html {args.html}: cannot write: {error.strerror or error}") from None
         print(f"wrote {args.html}", file=sys.stderr)
     if args.png:
         from longshap.client.plot import write_png
@@ -274,7 +315,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     for model in response.models:
         print(f"{model.name}{' (default)' if model.is_default else ''}  {model.architecture}")
     limits = response.limits
-    print(f"limits: {limits.max_documents} documents, {limits.max_characters} characters, budget {limits.max_budget}, queue {limits.queue_size}")
+    print(
+        f"limits: {limits.max_documents} documents, {limits.max_characters} characters per evaluation, "
+        f"{limits.max_field_characters} per field, {limits.max_labels} labels, budget {limits.max_budget}, queue {limits.queue_size}"
+    )
     return 0
 
 
@@ -294,7 +338,7 @@ def _connection(parser: argparse.ArgumentParser, local: bool = True) -> None:
         where.add_argument("--local", action="store_true", help="run the engine in this process instead of calling a server")
     parser.add_argument("--token-file", type=Path, help="bearer token file (default: $LONGSHAP_TOKEN)")
     parser.add_argument("--tls-ca", type=Path, help="PEM certificate(s) to trust; turns on TLS")
-    parser.add_argument("--timeout", type=float, help="deadline in seconds")
+    parser.add_argument("--timeout", type=_timeout, help="deadline in seconds ('inf' or unset: none)")
     parser.add_argument("--model", help="served model name (with --local: a local model directory)")
 
 
@@ -306,11 +350,11 @@ def _explanation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-expanded", type=per_level(int), help="most units expanded per level: one number, or e.g. document=2,sentence=4")
     parser.add_argument("--method", help=f"estimator: {' | '.join(method_names())}")
     parser.add_argument("--adaptive", action="store_true", help="spend evaluations only where expansion or top-k order is unsettled")
-    parser.add_argument("--total-budget", type=int, help="model evaluations for all levels together (implies --adaptive)")
+    parser.add_argument("--total-budget", type=bounded(int, 1, INT32_MAX), help="model evaluations for all levels together (implies --adaptive)")
     parser.add_argument("--confidence", type=float, help="confidence at which --adaptive calls a decision settled (default 0.95)")
     parser.add_argument("--baseline", choices=("zero", "pad"), help="integrated_gradients' baseline embedding (default zero)")
-    parser.add_argument("--budget", type=int, help="model evaluations per level")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget", type=bounded(int, 1, INT32_MAX), help="model evaluations per level")
+    parser.add_argument("--seed", type=bounded(int, 0, SEED_MAX), default=0, help=f"0..{SEED_MAX}")
     parser.add_argument("--value", help="logprob | probability | answers | label")
     parser.add_argument("--mode", help="owen (children add up to their parent, default) | local (everything outside the unit stays)")
     parser.add_argument("--target-stderr", type=float, help="stop a level early once every standard error is below this")
@@ -351,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     _documents_options(rerank)
     rerank.add_argument("--candidate", action="append", required=True, help="a candidate answer (repeatable)")
     _connection(rerank)
-    rerank.add_argument("--budget", type=int, help="document-level evaluations per candidate")
-    rerank.add_argument("--seed", type=int, default=0)
+    rerank.add_argument("--budget", type=bounded(int, 1, INT32_MAX), help="document-level evaluations per candidate")
+    rerank.add_argument("--seed", type=bounded(int, 0, SEED_MAX), default=0, help=f"0..{SEED_MAX}")
     rerank.add_argument("--method")
     rerank.add_argument("--json", action="store_true")
     rerank.set_defaults(run=cmd_rerank)
@@ -369,7 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve(args=args)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return code
     except UsageError as error:
         print(f"longshap {args.command}: {error}", file=sys.stderr)
         return 2
@@ -379,6 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`longshap ... | head -1`): stop quietly, and keep Python's exit-time flush from complaining.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from longshap.hierarchy.allocation import Allocation, Pooled, run_in_rounds, unsettled_units
+from longshap.hierarchy.errors import Cancelled
 from longshap.hierarchy.estimators import Progress, get_estimator
 from longshap.hierarchy.estimators.base import Estimator
 from longshap.hierarchy.request import ExplainRequest, RequestError
@@ -130,11 +131,13 @@ class Explainer:
         started = time.perf_counter()
         stats_before = self.scorer.stats.as_dict()
         prompt = _prompt(request)
-        tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
         self.scorer.should_stop = should_stop
         self.scorer.new_request()
         try:
+            tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
+            _check_stop(should_stop)
             target_spec, answer_event = self._target(prompt, request, tree)
+            _check_stop(should_stop)
             yield answer_event
             value_fn = build_value_function(request.value, self.scorer, replace(target_spec, speculative=request.speculative))
             game = RequestGame(lambda absent: prompt.render(tree, absent), value_fn, should_stop)
@@ -419,6 +422,12 @@ class Explainer:
             label_probabilities=run.answer_event.label_probabilities, answers=answers,
             answer_tokens=getattr(value_fn, "token_columns", None), extras=extras,
         )
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    """Between phases (tokenising, label ids, answer decoding): the model's layers poll it within them."""
+    if should_stop is not None and should_stop():
+        raise Cancelled("explanation cancelled")
 
 
 def _prompt(request: ExplainRequest) -> QAPrompt | ClassificationPrompt:

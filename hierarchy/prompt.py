@@ -5,13 +5,33 @@ and the target is scored as the continuation after it, with a leading space.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Collection
+from typing import Collection, Mapping
 
 from longshap.hierarchy.segmentation import Document, FeatureTree, covers_text, render_document
 
 DEFAULT_QA_INSTRUCTION = "Answer the question using the documents. Answer with a short phrase."
 DEFAULT_CLASSIFICATION_INSTRUCTION = "Classify the text as one of: {labels}."
+_BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+def fill_template(template: str, values: Mapping[str, str], field: str = "instruction") -> str:
+    """`template` with each `{name}` of `values` replaced; `{{` and `}}` are literal braces.
+
+    Request text is never given to str.format, which would evaluate `{x.attr}`, `{0}` or
+    `{x:>99999}`: any other use of braces is refused with a ValueError naming `field`.
+    """
+    def substitute(match: re.Match) -> str:
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            return token[0]
+        if match.group(1) not in values:
+            known = ", ".join(f"{{{name}}}" for name in values) or "none"
+            raise ValueError(f"{field}: {token!r} is not a placeholder (known: {known}); write {{{{ and }}}} for literal braces")
+        return values[match.group(1)]
+
+    return _BRACES.sub(substitute, template)
 
 
 @dataclass
@@ -80,6 +100,11 @@ class ClassificationPrompt:
             raise ValueError("labels: every label must be a non-empty string")
         if len({label.strip() for label in self.labels}) != len(self.labels):
             raise ValueError(f"labels: duplicate labels in {self.labels}")
+        self.filled_instruction()  # refuses stray braces before any model work
+
+    def filled_instruction(self) -> str:
+        """The instruction with `{labels}` replaced by the comma-separated labels."""
+        return fill_template(self.instruction, {"labels": ", ".join(self.labels)})
 
     @property
     def documents(self) -> list[Document]:
@@ -98,4 +123,4 @@ class ClassificationPrompt:
         return [len(self._head())]
 
     def _head(self) -> str:
-        return self.instruction.format(labels=", ".join(self.labels)) + "\n\nText: "
+        return self.filled_instruction() + "\n\nText: "

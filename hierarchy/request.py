@@ -277,7 +277,7 @@ def _positive_int(value: object, name: str) -> int | None:
 
 def _seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise RequestError("seed", f"must be an integer in 0..2^63-1, got {seed!r}")
+        raise RequestError("seed", f"must be a non-negative integer (0..2^63-1), got {seed!r}")
     return seed
 
 

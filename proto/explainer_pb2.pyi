@@ -347,18 +347,22 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_documents", "max_characters", "max_budget", "max_candidates", "queue_size")
+    __slots__ = ("max_documents", "max_characters", "max_budget", "max_candidates", "queue_size", "max_labels", "max_field_characters")
     MAX_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     MAX_CHARACTERS_FIELD_NUMBER: _ClassVar[int]
     MAX_BUDGET_FIELD_NUMBER: _ClassVar[int]
     MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_LABELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_CHARACTERS_FIELD_NUMBER: _ClassVar[int]
     max_documents: int
     max_characters: int
     max_budget: int
     max_candidates: int
     queue_size: int
-    def __init__(self, max_documents: _Optional[int] = ..., max_characters: _Optional[int] = ..., max_budget: _Optional[int] = ..., max_candidates: _Optional[int] = ..., queue_size: _Optional[int] = ...) -> None: ...
+    max_labels: int
+    max_field_characters: int
+    def __init__(self, max_documents: _Optional[int] = ..., max_characters: _Optional[int] = ..., max_budget: _Optional[int] = ..., max_candidates: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_labels: _Optional[int] = ..., max_field_characters: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "is_default", "architecture")

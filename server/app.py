@@ -9,19 +9,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
+import ssl
 import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from longshap.proto.wire import SERVICE_NAME, pb_grpc
+from longshap.proto.wire import SERVICE_NAME
 from longshap.server import logs
 from longshap.server.auth import BearerTokenInterceptor
 from longshap.server.config import DEFAULT_MODEL, Limits, ServerConfig, parse_model_spec
@@ -30,6 +32,14 @@ if TYPE_CHECKING:
     from longshap.server.service import ExplainerService
 
 log = logging.getLogger("longshap.server")
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+"""gRPC turns SO_REUSEPORT on by default: a second server on the same port would start and take half the traffic."""
+STOP_WAIT_SECONDS = 5.0
+"""After the grace period, how long a cancelled model job may take to notice before the process exits anyway."""
+
+
+class StartError(Exception):
+    """The server cannot listen where it was asked to."""
 
 
 @dataclass
@@ -72,25 +82,28 @@ async def start_server(config: ServerConfig, explainers: Mapping, backends: Mapp
     """
     # These import the engine (torch): only when serving.
     from longshap.server.batching import build_executors
-    from longshap.server.service import ExplainerService
+    from longshap.server.service import ExplainerService, add_to_server
 
     if not explainers:
         raise ValueError("at least one model must be served")
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
-    server = grpc.aio.server(interceptors=interceptors)
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     executors = build_executors(explainers, backends or {}, config.concurrency, config.batching)
     service = ExplainerService(explainers, next(iter(explainers)), config.limits, executors, config.concurrency)
-    pb_grpc.add_ExplainerServicer_to_server(service, server)
+    add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     address = f"{config.host}:{config.port}"
-    if config.tls_cert is not None:
-        port = server.add_secure_port(address, grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)]))
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if config.tls_cert is not None:
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)]))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's only word on it is "Failed to bind"
+        raise StartError(f"cannot listen on {address}: the port is in use or the host is not an address of this machine") from None
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -110,6 +123,10 @@ async def serve(config: ServerConfig, explainers: Mapping, backends: Mapping | N
     await stopping.wait()
     log.info("shutting down", extra={"fields": {"grace_seconds": config.grace_seconds}})
     await running.stop(config.grace_seconds)
+    if not await asyncio.to_thread(running.service.worker.wait_idle, STOP_WAIT_SECONDS):
+        log.error("a model job did not stop; exiting without waiting for it")
+        logging.shutdown()
+        os._exit(1)  # the worker thread is not a daemon: a normal exit would wait for it
     log.info("stopped")
 
 
@@ -170,24 +187,55 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="longshap serve", description="Serve hierarchical Shapley explanations over gRPC.")
     parser.add_argument("--model", action="append", metavar="NAME=PATH|PATH", help=f"a model to serve, repeatable; the first is the default (default: {DEFAULT_MODEL}, embedded)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port (logged)")
+    parser.add_argument("--port", type=bounded(int, 0, 65535), default=50051, help="0..65535; 0 picks a free port (logged)")
     parser.add_argument("--token-file", type=Path, help="require 'authorization: Bearer <token>' with the token in this file (or set LONGSHAP_TOKEN)")
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key")
     parser.add_argument("--tls-key", type=Path, help="PEM private key")
     defaults = Limits()
-    parser.add_argument("--max-documents", type=int, default=defaults.max_documents)
-    parser.add_argument("--max-characters", type=int, default=defaults.max_characters)
-    parser.add_argument("--max-budget", type=int, default=defaults.max_budget)
-    parser.add_argument("--max-candidates", type=int, default=defaults.max_candidates)
-    parser.add_argument("--queue-size", type=int, default=defaults.queue_size, help="requests that may wait for the busy worker")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get at shutdown")
+    limit = bounded(int, 1, INT32_MAX)
+    parser.add_argument("--max-documents", type=limit, default=defaults.max_documents)
+    parser.add_argument("--max-characters", type=limit, default=defaults.max_characters, help="characters one evaluation may read: all prompt text, the placeholder once per unit, the target")
+    parser.add_argument("--max-field-characters", type=limit, default=defaults.max_field_characters, help="each question, title, instruction, target, placeholder, label or candidate")
+    parser.add_argument("--max-labels", type=bounded(int, 2, INT32_MAX), default=defaults.max_labels)
+    parser.add_argument("--max-budget", type=limit, default=defaults.max_budget)
+    parser.add_argument("--max-candidates", type=limit, default=defaults.max_candidates)
+    parser.add_argument("--queue-size", type=bounded(int, 0, INT32_MAX), default=defaults.queue_size, help="requests that may wait for the busy worker")
+    parser.add_argument("--grace", type=bounded(float, 0, 24 * 3600), default=10.0, help="seconds in-flight and queued requests get to finish at shutdown")
+    parser.add_argument(
+        "--threads", type=bounded(int, 1, 1024), default=default_threads(),
+        help="torch threads for the model (default: half the CPUs, at most 4; more than the free cores makes it many times slower)",
+    )
     scale = parser.add_argument_group("scale")
-    scale.add_argument("--concurrency", type=int, default=1, help="requests run at once (their forward passes are merged); more wait in the queue")
+    scale.add_argument("--concurrency", type=bounded(int, 1, 1024), default=1, help="requests run at once (their forward passes are merged); more wait in the queue")
     scale.add_argument("--no-batching", dest="batching", action="store_false", help="run concurrent requests' passes one call at a time instead of merging them")
     scale.add_argument("--ray", action="store_true", help="run the models as Ray actor replicas (pip install 'longshap[ray]')")
     scale.add_argument("--address", help="Ray cluster to join (default: start a local one)")
-    scale.add_argument("--replicas", type=int, default=2, help="replicas per model with --ray")
+    scale.add_argument("--replicas", type=bounded(int, 1, 1024), default=2, help="replicas per model with --ray")
     return parser
+
+
+INT32_MAX = 2**31 - 1
+
+
+def bounded(kind: type, low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite `kind` in low..high, else a one-line usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {text}")
+        return value
+
+    return parse
+
+
+def default_threads() -> int:
+    """Half the CPUs this process may use, at most 4: torch's default (all of them) collapses 10-50x
+    as soon as another process competes for a core, and one worker leaves the rest to the event loop."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, available // 2))
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -197,18 +245,36 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else os.environ.get("LONGSHAP_TOKEN") or None
     if args.token_file and not token:
         raise ValueError(f"--token-file {args.token_file}: the file is empty")
-    limits = Limits(args.max_documents, args.max_characters, args.max_budget, args.max_candidates, args.queue_size)
-    if args.concurrency < 1 or args.replicas < 1:
-        raise ValueError("--concurrency and --replicas must be at least 1")
+    limits = Limits(
+        max_documents=args.max_documents, max_characters=args.max_characters, max_budget=args.max_budget,
+        max_candidates=args.max_candidates, queue_size=args.queue_size, max_labels=args.max_labels,
+        max_field_characters=args.max_field_characters,
+    )
+    if args.tls_cert is not None:
+        check_tls_files(args.tls_cert, args.tls_key)
     if args.address and not args.ray:
         raise ValueError("--address is the Ray cluster's: it needs --ray")
-    if any(value < 1 for name, value in limits.__dict__.items() if name != "queue_size") or limits.queue_size < 0:
-        raise ValueError("limits must be positive (the queue size may be 0)")
     return ServerConfig(
         args.host, args.port, limits, token,
         args.tls_cert.read_bytes() if args.tls_cert else None, args.tls_key.read_bytes() if args.tls_key else None, args.grace,
         concurrency=args.concurrency, batching=args.batching,
     )
+
+
+def check_tls_files(cert: Path, key: Path) -> None:
+    """A readable PEM certificate chain and its private key, checked now: gRPC would fail later with a traceback."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as error:
+        raise ValueError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate chain with its private key ({error.reason or error})") from None
+    except OSError as error:
+        raise ValueError(f"--tls-cert {cert} / --tls-key {key}: cannot read: {error.strerror or error}") from None
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
@@ -222,14 +288,19 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
         return 2
     specs = args.model or [DEFAULT_MODEL]
     try:
+        set_threads(args.threads)
         explainers = load_explainers(specs)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"longshap serve: cannot load a model: {error}", file=sys.stderr)
         return 1
-    if not args.ray:
-        asyncio.run(serve(config, explainers))
-        return 0
-    return _serve_on_ray(config, explainers, specs, args)
+    try:
+        if not args.ray:
+            asyncio.run(serve(config, explainers))
+            return 0
+        return _serve_on_ray(config, explainers, specs, args)
+    except StartError as error:
+        print(f"longshap serve: {error}", file=sys.stderr)
+        return 2
 
 
 def _serve_on_ray(config: ServerConfig, explainers: Mapping, specs: Sequence[str], args: argparse.Namespace) -> int:

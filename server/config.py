@@ -15,9 +15,12 @@ class Limits:
 
     max_documents: int = 64
     max_characters: int = 200_000
+    """Characters one evaluation may read: every prompt field, the placeholder per unit, the continuation."""
     max_budget: int = 10_000
     max_candidates: int = 16
     queue_size: int = 4
+    max_labels: int = 16
+    max_field_characters: int = 2_000
 
     def to_proto(self) -> pb.Limits:
         return pb.Limits(**self.__dict__)

@@ -12,15 +12,17 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Mapping
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from longshap.hierarchy import Explainer
 from longshap.hierarchy.errors import Cancelled
 from longshap.hierarchy.request import RequestError as EngineRequestError
 from longshap.hierarchy.gradients import is_gradient_method
 from longshap.hierarchy.rerank import rerank
-from longshap.proto.wire import event_to_proto, pb, pb_grpc, rerank_to_proto
+from longshap.proto.wire import SERVICE_NAME, event_to_proto, pb, pb_grpc, rerank_to_proto
 from longshap.server.batching import Executor, RequestScorer
 from longshap.server.config import Limits
+from longshap.server.limits import check_explain_limits, check_rerank_limits
 from longshap.server.validation import RequestError, explain_request, rerank_arguments, resolve_model
 from longshap.server.worker import QueueFull, Worker
 
@@ -31,6 +33,45 @@ _END = object()
 @dataclass
 class _Failure:
     error: BaseException
+
+
+@dataclass(frozen=True)
+class UnreadableRequest:
+    """The bytes of a request that do not parse: corrupt or truncated protobuf, or a string that is not UTF-8.
+
+    gRPC would answer a deserializer's exception with UNKNOWN and log a traceback per
+    call; the handler answers this one INVALID_ARGUMENT with a plain message instead.
+    """
+
+    message: str
+
+    @classmethod
+    def parser(cls, message_type) -> Callable[[bytes], object]:
+        name = message_type.DESCRIPTOR.full_name
+
+        def parse(data: bytes) -> object:
+            try:
+                return message_type.FromString(data)
+            except DecodeError:
+                return cls(f"request: not a valid {name} message (corrupt or truncated protobuf, or a string that is not valid UTF-8)")
+
+        return parse
+
+
+def add_to_server(service: "ExplainerService", server: grpc.aio.Server) -> None:
+    """Register the service with request parsers that turn unreadable bytes into INVALID_ARGUMENT."""
+    handlers = {
+        "Explain": grpc.unary_stream_rpc_method_handler(
+            service.Explain, UnreadableRequest.parser(pb.ExplainRequest), pb.ExplainEvent.SerializeToString
+        ),
+        "Rerank": grpc.unary_unary_rpc_method_handler(
+            service.Rerank, UnreadableRequest.parser(pb.RerankRequest), pb.RerankResponse.SerializeToString
+        ),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            service.ListModels, UnreadableRequest.parser(pb.ListModelsRequest), pb.ListModelsResponse.SerializeToString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 @dataclass
@@ -63,6 +104,11 @@ def _describe(record: RequestLog, prompt: pb.QAPrompt | pb.ClassificationPrompt 
     record.budget = budget
 
 
+def _refuse_unreadable(request: object) -> None:
+    if isinstance(request, UnreadableRequest):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+
 class ExplainerService(pb_grpc.ExplainerServicer):
     """Serves the configured explainers; every model call goes through one bounded worker."""
 
@@ -87,6 +133,8 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         return request_explainer
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        if isinstance(request, UnreadableRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         models = [
             pb.ModelInfo(name=name, is_default=name == self.default, architecture=str(explainer.loaded.model.config.model_type))
             for name, explainer in self.explainers.items()
@@ -95,11 +143,15 @@ class ExplainerService(pb_grpc.ExplainerServicer):
 
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExplainEvent]:
         record = RequestLog("Explain")
-        kind = request.WhichOneof("prompt")
-        _describe(record, getattr(request, kind) if kind else None, request.budget if request.HasField("budget") else None)
+        readable = not isinstance(request, UnreadableRequest)
+        kind = request.WhichOneof("prompt") if readable else None
+        if readable:
+            _describe(record, getattr(request, kind) if kind else None, request.budget if request.HasField("budget") else None)
         async with self._outcome(context, record):
+            _refuse_unreadable(request)
             record.model = resolve_model(request.model, self.explainers, self.default)
             engine_request = explain_request(request, self.limits)
+            check_explain_limits(request, self.limits)
             if is_gradient_method(engine_request.method) and record.model in self.executors:
                 raise RequestError(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -119,10 +171,13 @@ class ExplainerService(pb_grpc.ExplainerServicer):
 
     async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
         record = RequestLog("Rerank")
-        _describe(record, request.prompt if request.HasField("prompt") else None, request.budget if request.HasField("budget") else None)
+        if not isinstance(request, UnreadableRequest):
+            _describe(record, request.prompt if request.HasField("prompt") else None, request.budget if request.HasField("budget") else None)
         async with self._outcome(context, record):
+            _refuse_unreadable(request)
             record.model = resolve_model(request.model, self.explainers, self.default)
             engine_request, candidates = rerank_arguments(request, self.limits)
+            check_rerank_limits(request, self.limits)
             explainer = self._explainer(record.model)
 
             def job(emit: Callable, should_stop: Callable[[], bool]) -> None:
@@ -149,7 +204,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
 
         Leaving this generator early (client cancelled, deadline, shutdown) sets the stop
         flag, which the engine polls before every decoder layer, so the worker is freed
-        within a fraction of a second.
+        within a fraction of a second; a job still in the queue is dropped at once.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -176,7 +231,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
                 emit(_Failure(error))
 
         try:
-            self.worker.submit(work)
+            future = self.worker.submit(work)
         except QueueFull as error:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
         await context.send_initial_metadata((("x-request-id", record.id),))
@@ -190,6 +245,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
             raise
         finally:
             stop.set()
+            future.cancel()  # still queued: give the slot back now, not when the worker reaches it
 
     @staticmethod
     def _status(error: BaseException, deadline: float | None, request_id: str) -> RequestError:

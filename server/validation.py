@@ -53,8 +53,6 @@ def _wire_error(error: rules.RequestError, prompt_field: str) -> RequestError:
 def _check_limits(request: rules.ExplainRequest, limits: Limits, prompt_field: str) -> None:
     if len(request.documents) > limits.max_documents:
         raise invalid(f"{prompt_field}.documents: {len(request.documents)} documents, the limit is {limits.max_documents}")
-    if request.characters > limits.max_characters:
-        raise invalid(f"{prompt_field}: {request.characters} characters, the limit is {limits.max_characters}")
     if request.budget is not None and request.budget > limits.max_budget:
         raise invalid(f"budget: must be an integer in 1..{limits.max_budget}, got {request.budget}")
 

@@ -2,10 +2,15 @@
 
 A model is neither thread-safe nor faster when shared, so one thread runs every job;
 `submit` refuses at once when the queue is full, so callers get RESOURCE_EXHAUSTED
-instead of waiting without bound.
+instead of waiting without bound. A job cancelled while it waits gives its slot back
+at once. After each job the C heap is trimmed: activations of a large request are
+freed by torch but kept by malloc, so without it the resident size stays at the
+largest request's high-water mark.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -13,6 +18,13 @@ from typing import Callable
 
 class QueueFull(Exception):
     """The worker is busy and `queue_size` requests already wait for it."""
+
+
+def _heap_trimmer() -> Callable[[], None]:
+    """glibc's malloc_trim(0), which returns freed heap pages to the system; a no-op elsewhere."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return (lambda: trim(0)) if trim is not None else (lambda: None)
 
 
 class Worker:
@@ -27,7 +39,9 @@ class Worker:
         self.threads = threads
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="longshap-worker")
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._pending = 0
+        self._trim = _heap_trimmer()
 
     @property
     def pending(self) -> int:
@@ -35,17 +49,30 @@ class Worker:
         return self._pending
 
     def submit(self, job: Callable[[], None]) -> Future:
+        """Queue `job`; cancelling the returned future before it starts frees its slot at once."""
         with self._lock:
             if self._pending >= self.threads + self.queue_size:
                 raise QueueFull(f"the worker is busy and {self.queue_size} request(s) already wait; retry later")
             self._pending += 1
-        future = self._executor.submit(job)
+        future = self._executor.submit(self._run, job)
         future.add_done_callback(self._release)
         return future
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        finally:
+            self._trim()
 
     def _release(self, _: Future) -> None:
         with self._lock:
             self._pending -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job runs or waits; False if one still does after `timeout` seconds."""
+        with self._lock:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def shutdown(self) -> None:
         """Drop waiting jobs; a running one stops through its own should_stop."""

@@ -5,6 +5,7 @@ import io
 import json
 import math
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -111,7 +112,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize(
     "extra, code, message",
     [
-        (["--budget", "0"], 1, "INVALID_ARGUMENT: budget"),
+        (["--value", "label"], 1, "INVALID_ARGUMENT: value"),
         (["--model", "nope"], 1, "NOT_FOUND: model"),
         (["--model", "/tmp/models"], 1, "INVALID_ARGUMENT: model"),
         (["--threshold", "nan"], 1, "INVALID_ARGUMENT: thresholds["),
@@ -189,3 +190,56 @@ def test_gradient_method_over_the_wire_and_the_png_figure(tiny_server, doc_files
     colours = image.getcolors(1 << 24)
     tinted = sum(count for count, p in colours if max(p) - min(p) > 40)  # the red-to-green heatmap cells
     assert tinted > 5000
+
+
+# ---- issue 11: numbers in range, no deadline, unwritable outputs, bad certificates, closed pipes ----------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["explain", "--question", "q", "--budget", str(2**62)], "--budget: must be in 1..2147483647"),
+        (["explain", "--question", "q", "--budget", "0"], "--budget: must be in"),
+        (["explain", "--question", "q", "--seed", str(2**64)], "--seed: must be in 0..9223372036854775807"),
+        (["classify", "--text", "x", "--label", "a,b", "--seed", "-1"], "--seed: must be in"),
+        (["rerank", "--question", "q", "--candidate", "a", "--budget", str(2**62)], "--budget: must be in"),
+        (["explain", "--question", "q", "--timeout", "0"], "--timeout: must be > 0"),
+        (["explain", "--question", "q", "--timeout", "nan"], "--timeout: must be > 0"),
+        (["models", "--timeout=-inf"], "--timeout: must be > 0"),
+    ],
+)
+def test_out_of_range_numbers_are_one_line_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err.splitlines()[-1] and "Traceback" not in err
+
+
+def test_timeout_inf_means_no_deadline(tiny_server, capsys):
+    argv = ["classify", "--server", tiny_server.address, "--text", "a charming journey", "--label", "negative,positive", "--budget", "10", "--timeout", "inf", "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["answer"] in ("negative", "positive")
+
+
+def test_an_unwritable_html_path_is_refused_before_any_work(tiny_server, doc_files, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    argv = ["explain", "--server", tiny_server.address, "--question", QUESTION, "--doc", doc_files[0], "--html", str(tmp_path / "a-file" / "report.html")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--html" in err and "cannot write" in err
+
+
+def test_a_garbage_ca_file_cannot_be_read_as_a_certificate(tiny_server, tmp_path, capsys):
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    assert main(["models", "--server", tiny_server.address, "--tls-ca", str(garbage)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read certificate" in err
+
+
+def test_a_closed_stdout_pipe_ends_quietly(tiny_server):
+    """`longshap models | head -0`: the reader is gone before anything is written."""
+    process = subprocess.Popen([sys.executable, "-m", "longshap.client.cli", "models", "--server", tiny_server.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 141 and err == b"", err.decode()

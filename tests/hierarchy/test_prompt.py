@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from longshap.hierarchy.prompt import DEFAULT_QA_INSTRUCTION, ClassificationPrompt, QAPrompt
+from longshap.hierarchy.prompt import DEFAULT_QA_INSTRUCTION, ClassificationPrompt, QAPrompt, fill_template
 from longshap.hierarchy.segmentation import ROOT, Document, FeatureTree
 
 DOCS = [
@@ -113,3 +113,16 @@ def test_qa_validation(kwargs, message):
 def test_classification_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ClassificationPrompt(**kwargs)
+
+
+@pytest.mark.parametrize("instruction", ["{labels.__class__.__mro__}", "{0}", "{x}", "{labels:x>20000}", "{labels!r}", "{}", "open {", "close }"])
+def test_a_classification_instruction_is_never_a_format_string(instruction):
+    with pytest.raises(ValueError, match=r"^instruction: .* is not a placeholder"):
+        ClassificationPrompt("fine", ["bad", "good"], instruction=instruction)
+
+
+def test_labels_are_substituted_and_doubled_braces_are_literal():
+    prompt = ClassificationPrompt("fine", ["bad", "good"], instruction="Pick {labels}; answer {{as JSON}} {labels}.")
+    tree = FeatureTree(prompt.documents)
+    assert prompt.render(tree).startswith("Pick bad, good; answer {as JSON} bad, good.\n")
+    assert fill_template("no braces", {}) == "no braces"

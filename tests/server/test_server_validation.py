@@ -39,7 +39,7 @@ BAD_EXPLAIN = {
     "blank document": (pb.ExplainRequest(qa=_prompt(texts=("  ",))), INVALID, "qa.documents[0].text"),
     "too many documents": (pb.ExplainRequest(qa=_prompt(texts=["Paris."] * (LIMITS.max_documents + 1))), INVALID, "qa.documents"),
     "oversize documents": (pb.ExplainRequest(qa=_prompt(texts=["word " * 600, "word " * 600])), INVALID, "qa:"),
-    "oversize question": (pb.ExplainRequest(qa=_prompt(question="why " * 1300)), INVALID, "qa:"),
+    "oversize question": (pb.ExplainRequest(qa=_prompt(question="why " * 1300)), INVALID, "qa.question"),
     "oversize classification text": (_classification(text="good " * 1100), INVALID, "classification:"),
     "NaN threshold": (_qa(thresholds={"document": math.nan}), INVALID, "thresholds[document]"),
     "negative threshold": (_qa(thresholds={"sentence": -0.1}), INVALID, "thresholds[sentence]"),
