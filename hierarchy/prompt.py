@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Collection, Mapping
 
+from longshap.hierarchy.errors import RequestError
 from longshap.hierarchy.segmentation import Document, FeatureTree, covers_text, render_document
 
 DEFAULT_QA_INSTRUCTION = "Answer the question using the documents. Answer with a short phrase."
@@ -28,7 +29,7 @@ def fill_template(template: str, values: Mapping[str, str], field: str = "instru
             return token[0]
         if match.group(1) not in values:
             known = ", ".join(f"{{{name}}}" for name in values) or "none"
-            raise ValueError(f"{field}: {token!r} is not a placeholder (known: {known}); write {{{{ and }}}} for literal braces")
+            raise RequestError(field, f"{token!r} is not a placeholder (known: {known}); write {{{{ and }}}} for literal braces")
         return values[match.group(1)]
 
     return _BRACES.sub(substitute, template)

@@ -15,6 +15,7 @@ from longshap.hierarchy.allocation import Allocation
 from longshap.hierarchy.errors import RequestError
 from longshap.hierarchy.estimators import ESTIMATORS
 from longshap.hierarchy.gradients import BASELINES, GRADIENT_METHODS, check_gradient_options
+from longshap.hierarchy.prompt import fill_template
 from longshap.hierarchy.segmentation import LEVELS, Document
 from longshap.hierarchy.subgames import MODES
 from longshap.hierarchy.values import VALUE_FUNCTIONS
@@ -68,12 +69,6 @@ class ExplainRequest:
     def classification(self) -> bool:
         return self.text is not None
 
-    @property
-    def characters(self) -> int:
-        """Every character of request text, which is what a request's cost grows with."""
-        texts = [self.question, self.text, self.instruction, self.placeholder, self.target, *self.labels]
-        return sum(len(t) for t in texts if t) + sum(len(d.text) + len(d.title) for d in self.documents)
-
     @classmethod
     def build(
         cls,
@@ -117,6 +112,8 @@ class ExplainRequest:
         if chosen_baseline not in BASELINES:
             raise RequestError("baseline", f"must be one of {BASELINES}, got {baseline!r}")
         budget = _positive_int(budget, "budget")
+        if classification and instruction:
+            fill_template(_optional_string(instruction, "instruction") or "", {"labels": ", ".join(prompt["labels"])}, "instruction")
         if chosen_method in GRADIENT_METHODS:
             check_gradient_options(chosen_method, chosen_value, chosen_baseline, budget)
         try:

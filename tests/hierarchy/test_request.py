@@ -67,14 +67,16 @@ def test_bad_options_name_their_field(options, field):
     assert error.value.field == field and str(error.value).startswith(f"{field}: ")
 
 
+def test_a_classification_instruction_is_a_template_not_a_format_string():
+    assert ExplainRequest.build(text="x", labels=["a", "b"], instruction="Pick {labels} {{ok}}").instruction == "Pick {labels} {{ok}}"
+    for bad in ("{labels.__class__}", "{0}", "{labels:x>20000}"):
+        with pytest.raises(RequestError, match="^instruction: "):
+            ExplainRequest.build(text="x", labels=["a", "b"], instruction=bad)
+
+
 def test_a_request_error_is_a_value_error():
     """Callers that catch ValueError keep working; servers tell RequestError apart from model failures."""
     assert issubclass(RequestError, ValueError)
-
-
-def test_characters_count_every_text_field():
-    request = ExplainRequest.build(question="abc", documents=[{"title": "tt", "text": "hello"}], target="xy", placeholder="[]", instruction="do")
-    assert request.characters == 3 + 2 + 5 + 2 + 2 + 2
 
 
 def test_candidates_must_be_non_empty_and_distinct():
