@@ -27,8 +27,8 @@ def interaction_game(n: int, seed: int, cubic: float):
     a = rng.normal(size=n)
     b = np.triu(rng.normal(size=(n, n)), 1)
     c = rng.normal(size=(n, n, n)) * cubic
-    i, j, l = np.indices((n, n, n))
-    c[(i == j) | (j == l) | (i == l)] = 0.0
+    i, j, k = np.indices((n, n, n))
+    c[(i == j) | (j == k) | (i == k)] = 0.0
     b, c = b + b.T, sum(np.transpose(c, axes) for axes in permutations(range(3)))
 
     def value_fn(coalitions: np.ndarray) -> np.ndarray:

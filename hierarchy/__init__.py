@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from longshap.hierarchy.explainer import Explainer
     from longshap.hierarchy.results import Explanation
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["Estimate", "Explainer", "Explanation", "estimate"]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from longshap.hierarchy.estimators import Progress, get_estimator
 from longshap.hierarchy.estimators.base import Estimator
 from longshap.hierarchy.request import ExplainRequest, RequestError
 from longshap.hierarchy.games import MemoisedGame, pad_columns
-from longshap.hierarchy.gradients import UNSIGNED_METHODS, TokenAttributions, check_gradient_options, is_gradient_method
+from longshap.hierarchy.gradients import UNSIGNED_METHODS, TokenAttributions, is_gradient_method
 from longshap.hierarchy.prompt import ClassificationPrompt, QAPrompt
 from longshap.hierarchy.results import (
     AnswerEvent,

@@ -26,9 +26,9 @@ from transformers import DynamicCache, GenerationConfig
 from longshap.hierarchy.models import LoadedModel
 from longshap.hierarchy.prefix_cache import LayerStates, PrefixKVCache
 from longshap.hierarchy.speculative import AnswerTree, Verdict, tree_masks, walk
+from longshap.hierarchy.errors import Cancelled
 
 log = logging.getLogger(__name__)
-from longshap.hierarchy.errors import Cancelled
 
 
 DEFAULT_PREFIX_CACHE_BYTES = 512 * 2**20

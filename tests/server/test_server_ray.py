@@ -16,7 +16,7 @@ from longshap.server.batching import RequestScorer
 from serving import DOCUMENTS, LIMITS, QUESTION, qa_request, slow_request, wait_until
 
 ray = pytest.importorskip("ray")
-from longshap.server.ray_backend import RayBackend, connect, disconnect
+from longshap.server.ray_backend import RayBackend, connect, disconnect  # noqa: E402  (needs ray)
 
 REQUEST = {"question": QUESTION, "documents": DOCUMENTS, "budget": 60, "seed": 5}
 

@@ -73,8 +73,8 @@ class Interaction:
         b = np.triu(rng.normal(size=(n, n)), 1)
         self.b = b + b.T
         c = rng.normal(size=(n, n, n)) * cubic
-        i, j, l = np.indices((n, n, n))
-        c[(i == j) | (j == l) | (i == l)] = 0.0
+        i, j, k = np.indices((n, n, n))
+        c[(i == j) | (j == k) | (i == k)] = 0.0
         self.c = sum(np.transpose(c, axes) for axes in permutations(range(3)))
 
     def __call__(self, coalitions: np.ndarray) -> np.ndarray:
