@@ -23,7 +23,7 @@ from context_cite.solver import LassoRegression
 
 from bench.common import parser, print_table, write_json
 from longshap.hierarchy import Explainer
-from longshap.hierarchy.data import load_nq, nq_prompt
+from longshap.client.data import load_nq, nq_prompt
 from longshap.hierarchy.estimators import estimate
 
 DISTRACTORS = 9

@@ -21,7 +21,7 @@ Run from the repository root: `python -m bench.long_context [--quick] [--json PA
 from __future__ import annotations
 
 from longshap.hierarchy import Explainer
-from longshap.hierarchy.data import NQPrompt, load_nq, nq_prompt
+from longshap.client.data import NQPrompt, load_nq, nq_prompt
 from longshap.hierarchy.prompt import QAPrompt
 from longshap.hierarchy.results import Explanation
 from longshap.hierarchy.segmentation import Document, FeatureTree

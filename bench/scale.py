@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 from longshap.hierarchy import Explainer
-from longshap.hierarchy.data import load_sst2
+from longshap.client.data import load_sst2
 from longshap.proto.wire import collect, pb, pb_grpc
 from longshap.server.app import ServerThread
 from longshap.server.config import Limits, ServerConfig

@@ -134,7 +134,7 @@ def test_default_model_gradients_explain_the_same_values(default_explainer):
     At 64 Gauss-Legendre steps the Riemann gap of IG on this model measured about 7% of the effect,
     and it is exactly Captum's own convergence delta.
     """
-    from longshap.hierarchy.data import load_nq, nq_prompt
+    from longshap.client.data import load_nq, nq_prompt
 
     sst = default_explainer.explain(text="a charming and often affecting journey", labels=LABELS, method="integrated_gradients", budget=64)
     completeness = sst.extras["gradients"]["completeness"]

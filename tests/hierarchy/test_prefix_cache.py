@@ -130,7 +130,7 @@ def test_greedy_is_unchanged_by_the_cache(loaded):
 @pytest.mark.slow
 def test_default_model_values_equal_with_the_cache_beyond_its_sliding_window(default_explainer):
     """Gemma 3 270M (window 512) on 6-passage NQ coalitions of ~900 tokens: cached prefixes change no value."""
-    from longshap.hierarchy.data import load_nq, nq_prompt
+    from longshap.client.data import load_nq, nq_prompt
 
     prompt = nq_prompt(load_nq(), 5, 5, seed=0)
     loaded = default_explainer.loaded
