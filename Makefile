@@ -43,7 +43,8 @@ lint: install
 	cd $(TYPECHECK) && MYPYPATH=. ../../$(BIN)/mypy -p longshap.hierarchy -p longshap.server -p longshap.client -p longshap.proto
 
 bench: install
-	$(BIN)/python bench/estimator_error.py
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[bench]"
+	$(BIN)/python -m bench.estimators_vs_shapiq --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

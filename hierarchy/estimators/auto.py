@@ -1,6 +1,8 @@
 """method="auto": the estimator that bench/estimators_vs_shapiq.py shows best for the game and budget."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, get_estimator, register, sampling_budget
@@ -30,6 +32,8 @@ def choose(game: MemoisedGame, budget: int) -> str:
 @register("auto")
 class Auto:
     """Delegates to the estimator `choose` picks; the result's `method` names the one used."""
+
+    name: ClassVar[str]  # set by @register
 
     def default_budget(self, n_players: int) -> int:
         return sampling_budget(n_players)

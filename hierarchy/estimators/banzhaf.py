@@ -1,6 +1,8 @@
 """Banzhaf values by maximum-sample-reuse Monte Carlo (Wang & Jia 2023, "Data Banzhaf")."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from longshap.hierarchy.estimators._stats import check_inputs, done, growing_batch, max_groups, report, student_scale
@@ -36,6 +38,8 @@ class Banzhaf:
     remaining budget, which is never exceeded; at most 4 * budget samples (binds only
     on games with few coalitions).
     """
+
+    name: ClassVar[str]  # set by @register
 
     def default_budget(self, n_players: int) -> int:
         return sampling_budget(n_players)

@@ -1,6 +1,8 @@
 """Banzhaf values as least-squares coefficients over uniform coalitions (Hammer & Holzman 1992)."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from longshap.hierarchy.estimators._stats import check_inputs, done, growing_batch, max_groups, report, student_scale
@@ -48,6 +50,8 @@ class BanzhafLeastSquares:
     remaining budget, which is spent exactly; at most 4 * budget samples (binds only on
     games with few coalitions).
     """
+
+    name: ClassVar[str]  # set by @register
 
     def default_budget(self, n_players: int) -> int:
         return sampling_budget(n_players)

@@ -1,6 +1,8 @@
 """Exact Shapley values by enumerating every coalition."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from longshap.hierarchy.estimators._stats import all_coalitions, average_over_contexts, check_inputs, shapley_from_table
@@ -20,6 +22,8 @@ class Exact:
     that small (stderr 0), otherwise sampled (stderr across the sampled contexts; inf
     for a single draw, which says nothing about the spread).
     """
+
+    name: ClassVar[str]  # set by @register
 
     def default_budget(self, n_players: int) -> int:
         return 2**n_players

@@ -1,6 +1,8 @@
 """KernelSHAP with paired sampling and exact efficiency (Covert & Lee 2021, "Improving KernelSHAP")."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from longshap.hierarchy.estimators._stats import (
@@ -93,6 +95,8 @@ class Kernel:
     games with few coalitions).
     """
 
+    name: ClassVar[str]  # set by @register
+
     def default_budget(self, n_players: int) -> int:
         return sampling_budget(n_players)
 
@@ -113,8 +117,8 @@ class Kernel:
                 values = game.evaluate(ends, [context, context])
                 return values[1:] - values[:1]
 
-            values, stderr, contexts = average_over_contexts(game, budget, 2, rng, attribute_in, target_stderr, progress, start)
-            return Estimate(values, stderr, game.evaluations - start, self.name, samples=contexts)
+            values, stderr, used = average_over_contexts(game, budget, 2, rng, attribute_in, target_stderr, progress, start)
+            return Estimate(values, stderr, game.evaluations - start, self.name, samples=used)
 
         sizes = np.arange(1, n)
         size_p = 1.0 / (sizes * (n - sizes))

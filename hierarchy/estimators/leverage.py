@@ -1,6 +1,8 @@
 """Leverage SHAP (Musco & Witter, ICLR 2025) over distinct paired coalitions, whole strata enumerated."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import itertools
 from math import comb
 
@@ -170,6 +172,8 @@ class Leverage:
     strata first, then the sampled pairs in random order, growing to a quarter of the
     pairs so far) give progress reports and stop early at `target_stderr`.
     """
+
+    name: ClassVar[str]  # set by @register
 
     def default_budget(self, n_players: int) -> int:
         return sampling_budget(n_players)

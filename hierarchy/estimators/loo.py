@@ -1,6 +1,8 @@
 """Leave-one-out (feature ablation) attributions."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from longshap.hierarchy.estimators._stats import average_over_contexts, check_inputs
@@ -17,6 +19,8 @@ class LeaveOneOut:
     context, always at least one context; stochastic games get `budget // (n + 1)`
     contexts (enumerated with their probabilities when the support is that small).
     """
+
+    name: ClassVar[str]  # set by @register
 
     def default_budget(self, n_players: int) -> int:
         return n_players + 1

@@ -1,6 +1,8 @@
 """Permutation sampling of Shapley values with antithetic (reversed) permutations."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from longshap.hierarchy.estimators._stats import MIN_GROUPS, RunningMoments, check_inputs, done, max_groups, report, student_scale
@@ -61,6 +63,8 @@ class Permutation:
     (so a budget below 2n is exceeded by that one batch) and at most four times the
     pairs the budget buys without memoisation (binds only on games with few coalitions).
     """
+
+    name: ClassVar[str]  # set by @register
 
     def default_budget(self, n_players: int) -> int:
         return sampling_budget(n_players)
