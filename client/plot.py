@@ -52,7 +52,7 @@ def write_png(explanation: dict, path: Path) -> None:
     top.set_yticks([])
     top.set_title(f"{level['level']} attributions ({level['method']}, value {explanation['value_function']}) — answer: {short(explanation['answer'], 50)!r}", fontsize=10)
     figure.colorbar(image, ax=top, fraction=0.03, pad=0.01)
-    if table:
+    if table and tokens:  # table is only non-empty when there are answer tokens
         grid = np.array([f["values_by_token"] + [f["value"]] for f in table])
         scale = float(np.abs(grid).max()) or 1.0
         bottom.imshow(grid, cmap="RdYlGn", vmin=-scale, vmax=scale, aspect="auto")

@@ -63,10 +63,12 @@ class Pooled:
 
     @property
     def values(self) -> np.ndarray:
+        assert self.weighted_sum is not None, "no rounds pooled yet"
         return self.weighted_sum / self.weight
 
     @property
     def stderr(self) -> np.ndarray:
+        assert self.weighted_var is not None, "no rounds pooled yet"
         return np.sqrt(self.weighted_var) / self.weight
 
 

@@ -131,6 +131,6 @@ def load_model(
         raise ValueError(f"{directory} has no fast tokenizer; character offsets need one (tokenizer.json)")
     loaded = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **kwargs)
     if quantization is None:
-        loaded.to(torch.device(device))
+        loaded.to(torch.device(device))  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
     loaded.eval()
     return LoadedModel(name=str(model) if model is not None else DEFAULT_MODEL, model=loaded, tokenizer=tokenizer)

@@ -37,6 +37,7 @@ class _Node:
 
     def split(self, at: int) -> _Node:
         """Cut this edge after `at` tokens; the head becomes a new parent of this node, which is returned."""
+        assert self.parent is not None, "the root is never split"
         head = _Node(self.tokens[:at], [(k[:, :, :at].clone(), v[:, :, :at].clone()) for k, v in self.states], self.parent, last_used=self.last_used)
         self.parent.children[self.tokens[0]] = head
         self.tokens = self.tokens[at:]
@@ -122,6 +123,7 @@ class PrefixKVCache:
         node = parent
         while node is not self._root:
             node.last_used = tick
+            assert node.parent is not None, "every node below the root has a parent"
             node = node.parent
         self.nbytes += leaf.nbytes
         self._evict()

@@ -121,7 +121,7 @@ class ModelScorer:
 
     def _stop_token_ids(self) -> set[int]:
         """End-of-sequence ids and every token containing a newline: base models run on past the answer."""
-        stops = set()
+        stops: set[int] = set()
         for source in (self.model.generation_config, self.model.config, self.tokenizer):
             eos = getattr(source, "eos_token_id", None)
             stops.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
@@ -238,6 +238,7 @@ class ModelScorer:
         if cached < len(prefix):
             states = self._extend(prefix, cached, states)
             self.prefix_kv.insert(prefix, cached, [(k[:, :, cached:], v[:, :, cached:]) for k, v in states])
+        assert states is not None, "a fully cached prefix is non-empty, so the cache returned its states"
         return cached, states
 
     def _extend(self, prefix: Sequence[int], cached: int, states: LayerStates | None) -> LayerStates:
@@ -306,10 +307,10 @@ class ModelScorer:
         sequences = [tokens for _, _, tokens in items]
 
         def score(batch: list[int]) -> list:
-            lengths = [0 if items[i][1] is None else len(rows[items[i][0]][1][items[i][1]]) for i in batch]
+            lengths = [0 if (col := items[i][1]) is None else len(rows[items[i][0]][1][col]) for i in batch]
             keep = max(lengths) + 1
             logprobs = self._last_logprobs([sequences[i] for i in batch], keep=keep)
-            scores = []
+            scores: list[np.ndarray | float] = []
             for j, (index, length) in enumerate(zip(batch, lengths)):
                 row, column, _ = items[index]
                 if column is None:
@@ -427,9 +428,9 @@ class ModelScorer:
         answers = list(known)
         if self.draft is not None:
             for index in pending:
-                answers[index] = known[index] + self._draft_decode(encoded[index] + known[index], max_new_tokens - len(known[index]))
+                answers[index] = known[index] + self._draft_decode(list(encoded[index]) + known[index], max_new_tokens - len(known[index]))
             return answers
-        rows = [encoded[i] + known[i] for i in pending]
+        rows = [list(encoded[i]) + known[i] for i in pending]
         limits = [max_new_tokens - len(known[i]) for i in pending]
         decoded = self._map_batches(rows, lambda batch: self._greedy_batch([rows[b] for b in batch], [limits[b] for b in batch]))
         for index, tokens in zip(pending, decoded):
@@ -513,13 +514,15 @@ class ModelScorer:
         """Greedy decoding of one row with transformers' assisted generation (the draft proposes, the target verifies)."""
         if max_new_tokens <= 0:
             return []
+        assert self.draft is not None, "only called with a draft model"
         passes = [0]
         hook = self.model.register_forward_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
         try:
             config = GenerationConfig(
                 do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id
             )
-            output = self.model.generate(
+            # transformers' stub resolves `generate` through Module.__getattr__ (a Tensor), hiding the method.
+            output = self.model.generate(  # type: ignore[operator]
                 input_ids=torch.tensor([list(row)], device=self.device), assistant_model=self.draft.model, generation_config=config
             )[0, len(row) :].tolist()
         finally:
@@ -574,7 +577,8 @@ class ModelScorer:
         return answers
 
     def decode(self, tokens: Sequence[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        # transformers' stub: decode takes any id sequence and returns str for a single sequence.
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()  # type: ignore[arg-type,union-attr]
 
 
 class _RecordingCache(DynamicCache):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from math import comb, prod
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence, cast
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class RequestGame:
 
     def __init__(
         self,
-        render: Callable[[Iterable[str]], str],
+        render: Callable[[Absent], str],
         value_fn: Callable[[Sequence[str]], np.ndarray],
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
@@ -78,7 +78,8 @@ class UnitGame:
     def evaluate(self, coalitions: np.ndarray, contexts: Sequence[Context] | None = None) -> np.ndarray:
         contexts = contexts if contexts is not None else [None] * len(coalitions)
         absent_sets = [
-            frozenset(p for p, present in zip(self.players, row) if not present) | (context or frozenset())
+            # This game's contexts are the frozensets of absent outer units it samples itself.
+            frozenset(p for p, present in zip(self.players, row) if not present) | cast(frozenset[str], context or frozenset())
             for row, context in zip(coalitions, contexts)
         ]
         return self.request.values(absent_sets)
@@ -100,7 +101,7 @@ class UnitGame:
             return [(None, 1.0)]
         if prod(2 ** len(others) for _, others in self._outer) > limit:
             return None
-        support = []
+        support: list[tuple[Context, float]] = []
         for choice in itertools.product(*(_preceding_distribution(others) for _, others in self._outer)):
             absent = frozenset().union(*(set(others) - present for (_, others), (present, _) in zip(self._outer, choice)))
             support.append((absent, prod(weight for _, weight in choice)))

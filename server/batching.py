@@ -158,6 +158,7 @@ class Batcher:
                 raise Cancelled("explanation cancelled")  # the merged call goes on for the others
         if job.error is not None:
             raise job.error
+        assert job.results is not None, "a job finishes with results or an error"
         return job.results, job.stats
 
     def close(self) -> None:

@@ -136,7 +136,8 @@ class RayBackend:
         """Chunks each replica slot finished (a replaced replica's slot keeps counting)."""
         self.replaced = 0
         self.retried = 0
-        ray.get([replica.ready.remote() for replica in self.replicas], timeout=ready_timeout_s)
+        # ray's ActorHandle stub types actor methods as plain methods, without `.remote`.
+        ray.get([replica.ready.remote() for replica in self.replicas], timeout=ready_timeout_s)  # type: ignore[attr-defined]
 
     # ---- chunks -------------------------------------------------------------------
     def _chunks(self, work: Work) -> list[list[int]]:
@@ -154,7 +155,7 @@ class RayBackend:
             slot = min(range(len(self.replicas)), key=lambda s: self._busy[s])
             self._busy[slot] += 1
             replica = self.replicas[slot]
-        return replica.run.remote(call_id, chunk), slot, replica
+        return replica.run.remote(call_id, chunk), slot, replica  # type: ignore[attr-defined]  # ray stub: see __init__
 
     def _release(self, slot: int, done: bool) -> None:
         with self._lock:
@@ -214,11 +215,11 @@ class RayBackend:
         for _, slot, _, _ in pending.values():
             self._release(slot, done=False)
         for replica in list(self.replicas):
-            replica.stop.remote(call_id)
+            replica.stop.remote(call_id)  # type: ignore[attr-defined]  # ray stub: see __init__
 
     def close(self) -> None:
         for replica in self.replicas:
-            ray.kill(replica)
+            ray.kill(replica)  # type: ignore[arg-type]  # ray stub: `.remote()` may return the class itself
 
 
 def _rows(work: Work, indices: list[int]) -> Work:

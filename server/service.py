@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Mapping, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -25,6 +25,9 @@ from longshap.server.config import Limits
 from longshap.server.limits import check_explain_limits, check_rerank_limits
 from longshap.server.validation import RequestError, explain_request, rerank_arguments, resolve_model
 from longshap.server.worker import QueueFull, Worker
+
+if TYPE_CHECKING:
+    from longshap.hierarchy.scorer import ModelScorer
 
 log = logging.getLogger("longshap.request")
 _END = object()
@@ -129,7 +132,8 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         if model not in self.executors:
             return explainer
         request_explainer = copy.copy(explainer)
-        request_explainer.scorer = RequestScorer(explainer.scorer, self.executors[model])
+        # RequestScorer provides the ModelScorer interface the engine uses (duck-typed, see server.batching).
+        request_explainer.scorer = cast("ModelScorer", RequestScorer(explainer.scorer, self.executors[model]))
         return request_explainer
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:

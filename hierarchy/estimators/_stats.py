@@ -6,7 +6,7 @@ errors and decides when to stop in the same way.
 from __future__ import annotations
 
 from math import comb
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -174,13 +174,15 @@ def average_over_contexts(
     count = max(1, budget // cost)
     support = game.context_support(limit=count)
     enumerated = support is not None
-    plan = support if enumerated else ((game.sample_context(rng), 1.0) for _ in range(count))
+    plan: Iterable[tuple[Context, float]] = (
+        support if support is not None else ((game.sample_context(rng), 1.0) for _ in range(count))
+    )
     results: list[np.ndarray] = []
     weights: list[float] = []
     moments = RunningMoments()
     for context, weight in plan:
         results.append(attribute_in(context))
-        if enumerated:
+        if support is not None:
             weights.append(weight)
             values = np.tensordot(np.asarray(weights) / sum(weights), stack_padded(results), axes=1)
             stderr = np.zeros_like(values) if len(results) == len(support) else np.full_like(values, np.inf)

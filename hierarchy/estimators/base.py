@@ -9,7 +9,7 @@ scalar games.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, cast
 
 import numpy as np
 
@@ -104,7 +104,11 @@ def estimate(
     if target_stderr is not None and not (np.isfinite(target_stderr) and target_stderr > 0):
         raise ValueError(f"target_stderr must be a positive finite number, got {target_stderr!r}")
     estimator = get_estimator(method)
-    game = value_fn if hasattr(value_fn, "evaluate") else FunctionGame(value_fn, int(n))
+    game: Game
+    if hasattr(value_fn, "evaluate"):
+        game = cast(Game, value_fn)
+    else:
+        game = FunctionGame(cast(Callable[[np.ndarray], np.ndarray], value_fn), int(n))
     if game.n_players != n:
         raise ValueError(f"game has {game.n_players} players but n={n}")
     memo = game if isinstance(game, MemoisedGame) else MemoisedGame(game)
