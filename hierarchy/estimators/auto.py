@@ -20,13 +20,17 @@ def choose(game: MemoisedGame, budget: int) -> str:
     permutations (`permutation`) was the most accurate on every benchmark game at 2n,
     where a regression has fewer pairs than parameters; from 5n up `leverage` (distinct
     stratified pairs, small strata enumerated) was the most accurate LongSHAP estimator.
-    Games with outer contexts (Owen subgames): `kernel`, which draws a context per group
-    of pairs and treats contexts as clusters (leverage would hand them to it anyway).
+    Games with outer contexts (Owen subgames) follow the same budget rule with `kernel`
+    as the regression, which draws a context per group of pairs and treats contexts as
+    clusters (leverage would hand them to it anyway). Below 4n a regression has fewer
+    pairs than players and cannot tell the values apart: on the demo's word level (24
+    words, 54 evaluations) kernel ranked "a" first at +6.1 ± 19.9, where nested
+    antithetic permutations put the answer "1998," first with a small standard error.
     """
+    if budget < REGRESSION_FROM * game.n_players:
+        return "permutation"
     support = game.context_support(limit=1)
-    if support is None or len(support) != 1:
-        return "kernel"
-    return "permutation" if budget < REGRESSION_FROM * game.n_players else "leverage"
+    return "kernel" if support is None or len(support) != 1 else "leverage"
 
 
 @register("auto")

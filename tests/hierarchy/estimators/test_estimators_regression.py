@@ -75,7 +75,7 @@ def test_banzhaf_ls_converges_on_context_games():
 
 @pytest.mark.parametrize(
     "game, budget, chosen",
-    [(CUBIC, 20, "permutation"), (CUBIC, 39, "permutation"), (CUBIC, 40, "leverage"), (ContextGame(5), 400, "kernel")],
+    [(CUBIC, 20, "permutation"), (CUBIC, 39, "permutation"), (CUBIC, 40, "leverage"), (ContextGame(5), 400, "kernel"), (ContextGame(5), 12, "permutation")],
 )
 def test_auto_names_the_estimator_it_ran(game, budget, chosen):
     result = estimate(game, game.n_players if hasattr(game, "n_players") else 10, "auto", budget=budget, seed=0)
