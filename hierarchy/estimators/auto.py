@@ -1,11 +1,9 @@
 """method="auto": the estimator that bench/estimators_vs_shapiq.py shows best for the game and budget."""
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, get_estimator, register, sampling_budget
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampler, get_estimator, register
 from longshap.hierarchy.games import MemoisedGame
 
 
@@ -34,13 +32,8 @@ def choose(game: MemoisedGame, budget: int) -> str:
 
 
 @register("auto")
-class Auto:
+class Auto(Sampler):
     """Delegates to the estimator `choose` picks; the result's `method` names the one used."""
-
-    name: ClassVar[str]  # set by @register
-
-    def default_budget(self, n_players: int) -> int:
-        return sampling_budget(n_players)
 
     def attribute(
         self,

@@ -1,12 +1,10 @@
 """Banzhaf values by maximum-sample-reuse Monte Carlo (Wang & Jia 2023, "Data Banzhaf")."""
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 
 from longshap.hierarchy.estimators._stats import check_inputs, done, growing_batch, max_groups, report, student_scale
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register, sampling_budget
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampler, register
 from longshap.hierarchy.games import MemoisedGame, pad_columns
 
 
@@ -21,7 +19,7 @@ def _side_moments(members: np.ndarray, centred: np.ndarray) -> tuple[np.ndarray,
 
 
 @register("banzhaf")
-class Banzhaf:
+class Banzhaf(Sampler):
     """beta_i = mean of v(S) over sampled S containing i minus the mean over S without i.
 
     Every coalition is a uniform (Bernoulli(1/2)) subset, so each sample informs all n
@@ -38,11 +36,6 @@ class Banzhaf:
     remaining budget, which is never exceeded; at most 4 * budget samples (binds only
     on games with few coalitions).
     """
-
-    name: ClassVar[str]  # set by @register
-
-    def default_budget(self, n_players: int) -> int:
-        return sampling_budget(n_players)
 
     def attribute(
         self,
@@ -63,15 +56,18 @@ class Banzhaf:
             output_blocks.append(game.evaluate(members, [game.sample_context(rng) for _ in range(rows)]))
             member_blocks.append(members)
             samples += rows
-            members, outputs = np.vstack(member_blocks), pad_columns(output_blocks)
-            centred = outputs - outputs.mean(axis=0)
-            count_in, mean_in, var_in = _side_moments(members, centred)
-            count_out, mean_out, var_out = _side_moments(~members, centred)
-            dof = np.minimum(count_in, count_out) - 1  # Welch's degrees of freedom are at least this
-            widen = np.vectorize(student_scale)(dof)
-            stderr = widen * np.sqrt(var_in / np.maximum(count_in, 1) + var_out / np.maximum(count_out, 1))
-            values = np.where(np.isfinite(stderr), mean_in - mean_out, 0.0)
+            values, stderr = self.fit(np.vstack(member_blocks), pad_columns(output_blocks))
             report(progress, game.evaluations - start, budget, values, stderr)
             if done(stderr, target_stderr, samples):
                 break
         return Estimate(values, stderr, game.evaluations - start, self.name, samples=samples)
+
+    def fit(self, members: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values and standard errors from the samples so far: difference of the two sides' means."""
+        centred = outputs - outputs.mean(axis=0)
+        count_in, mean_in, var_in = _side_moments(members, centred)
+        count_out, mean_out, var_out = _side_moments(~members, centred)
+        dof = np.minimum(count_in, count_out) - 1  # Welch's degrees of freedom are at least this
+        widen = np.vectorize(student_scale)(dof)
+        stderr = widen * np.sqrt(var_in / np.maximum(count_in, 1) + var_out / np.maximum(count_out, 1))
+        return np.where(np.isfinite(stderr), mean_in - mean_out, 0.0), stderr

@@ -1,13 +1,11 @@
 """Banzhaf values as least-squares coefficients over uniform coalitions (Hammer & Holzman 1992)."""
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 
-from longshap.hierarchy.estimators._stats import check_inputs, done, growing_batch, max_groups, report, student_scale
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register, sampling_budget
-from longshap.hierarchy.games import MemoisedGame, pad_columns
+from longshap.hierarchy.estimators._stats import student_scale
+from longshap.hierarchy.estimators.banzhaf import Banzhaf
+from longshap.hierarchy.estimators.base import register
 
 
 def _ordinary_least_squares(members: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +35,7 @@ def _ordinary_least_squares(members: np.ndarray, outputs: np.ndarray) -> tuple[n
 
 
 @register("banzhaf_ls")
-class BanzhafLeastSquares:
+class BanzhafLeastSquares(Banzhaf):
     """Banzhaf values by regression on uniform random coalitions (maximum sample reuse plus regression).
 
     The same samples as `banzhaf` (every coalition a Bernoulli(1/2) subset with its own
@@ -51,32 +49,5 @@ class BanzhafLeastSquares:
     games with few coalitions).
     """
 
-    name: ClassVar[str]  # set by @register
-
-    def default_budget(self, n_players: int) -> int:
-        return sampling_budget(n_players)
-
-    def attribute(
-        self,
-        game: MemoisedGame,
-        budget: int,
-        rng: np.random.Generator,
-        target_stderr: float | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> Estimate:
-        start = check_inputs(game, budget)
-        n = game.n_players
-        member_blocks: list[np.ndarray] = []
-        output_blocks: list[np.ndarray] = []
-        samples = 0
-        cap = max_groups(budget, 1)
-        while (rows := min(growing_batch(2 * (n + 1), samples), budget - (game.evaluations - start), cap - samples)) > 0:
-            members = rng.random((rows, n)) < 0.5
-            output_blocks.append(game.evaluate(members, [game.sample_context(rng) for _ in range(rows)]))
-            member_blocks.append(members)
-            samples += rows
-            values, stderr = _ordinary_least_squares(np.vstack(member_blocks).astype(np.float64), pad_columns(output_blocks))
-            report(progress, game.evaluations - start, budget, values, stderr)
-            if done(stderr, target_stderr, samples):
-                break
-        return Estimate(values, stderr, game.evaluations - start, self.name, samples=samples)
+    def fit(self, members: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _ordinary_least_squares(members.astype(np.float64), outputs)

@@ -9,7 +9,7 @@ scalar games.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, cast
+from typing import Callable, ClassVar, Protocol, cast
 
 import numpy as np
 
@@ -76,6 +76,15 @@ def get_estimator(name: str) -> Estimator:
 def sampling_budget(n_players: int) -> int:
     """The sampling estimators' default: usable estimates without blowing up cost on long inputs."""
     return max(64, 10 * (n_players + 1))
+
+
+class Sampler:
+    """Base of the sampling estimators: they share `sampling_budget` as their default budget."""
+
+    name: ClassVar[str]  # set by @register
+
+    def default_budget(self, n_players: int) -> int:
+        return sampling_budget(n_players)
 
 
 def default_budget(method: str, n_players: int) -> int:

@@ -1,8 +1,6 @@
 """KernelSHAP with paired sampling and exact efficiency (Covert & Lee 2021, "Improving KernelSHAP")."""
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 
 from longshap.hierarchy.estimators._stats import (
@@ -15,7 +13,7 @@ from longshap.hierarchy.estimators._stats import (
     report,
     student_scale,
 )
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register, sampling_budget
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampler, register
 from longshap.hierarchy.games import Context, MemoisedGame, pad_columns
 
 GROUP_PAIRS = 4
@@ -69,7 +67,7 @@ def _solve(
 
 
 @register("kernel")
-class Kernel:
+class Kernel(Sampler):
     """Weighted least squares on paired coalitions with sum(phi) = v(N) - v(empty) imposed exactly.
 
     Coalition sizes s are drawn with probability proportional to (n-1)/(s(n-s)) (the
@@ -94,11 +92,6 @@ class Kernel:
     at most four times the groups the budget buys without memoisation (binds only on
     games with few coalitions).
     """
-
-    name: ClassVar[str]  # set by @register
-
-    def default_budget(self, n_players: int) -> int:
-        return sampling_budget(n_players)
 
     def attribute(
         self,

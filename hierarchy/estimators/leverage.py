@@ -1,8 +1,6 @@
 """Leverage SHAP (Musco & Witter, ICLR 2025) over distinct paired coalitions, whole strata enumerated."""
 from __future__ import annotations
 
-from typing import ClassVar
-
 import itertools
 from math import comb
 
@@ -16,7 +14,7 @@ from longshap.hierarchy.estimators._stats import (
     report,
     student_scale,
 )
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register, sampling_budget
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampler, register
 from longshap.hierarchy.estimators.kernel import Kernel
 from longshap.hierarchy.games import MemoisedGame, pad_columns
 
@@ -152,7 +150,7 @@ def _fit(
 
 
 @register("leverage")
-class Leverage:
+class Leverage(Sampler):
     """Shapley values by paired, stratified leverage-score sampling and exact kernel regression.
 
     Musco & Witter (ICLR 2025) show the Shapley regression's leverage scores are equal
@@ -172,11 +170,6 @@ class Leverage:
     strata first, then the sampled pairs in random order, growing to a quarter of the
     pairs so far) give progress reports and stop early at `target_stderr`.
     """
-
-    name: ClassVar[str]  # set by @register
-
-    def default_budget(self, n_players: int) -> int:
-        return sampling_budget(n_players)
 
     def attribute(
         self,

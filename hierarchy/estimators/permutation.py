@@ -1,12 +1,10 @@
 """Permutation sampling of Shapley values with antithetic (reversed) permutations."""
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 
 from longshap.hierarchy.estimators._stats import MIN_GROUPS, RunningMoments, check_inputs, done, max_groups, report, student_scale
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, register, sampling_budget
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampler, register
 from longshap.hierarchy.games import MemoisedGame
 
 
@@ -46,7 +44,7 @@ def _pooled_stderr(moments: RunningMoments) -> np.ndarray:
 
 
 @register("permutation")
-class Permutation:
+class Permutation(Sampler):
     """Average marginal contributions along random permutations, each paired with its reverse.
 
     A permutation and its reverse see every player with complementary predecessor sets,
@@ -63,11 +61,6 @@ class Permutation:
     (so a budget below 2n is exceeded by that one batch) and at most four times the
     pairs the budget buys without memoisation (binds only on games with few coalitions).
     """
-
-    name: ClassVar[str]  # set by @register
-
-    def default_budget(self, n_players: int) -> int:
-        return sampling_budget(n_players)
 
     def attribute(
         self,
