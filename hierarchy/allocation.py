@@ -7,7 +7,9 @@ stream, the memoised game shared, so repeated coalitions are free), and a game's
 rounds are pooled. After each round the caller says which units are still unsettled
 (`unsettled_units` is the rule the explainer uses); only games holding such a unit
 get another round, so evaluations go where they can change the answer, and a level
-whose decisions are settled stops early.
+whose decisions are settled stops early. Differences smaller than INDIFFERENCE of the
+level's total effect count as ties (an indifference zone), so near-equal units do not
+keep a level sampling to separate noise.
 
 Pooling is a fixed-weight average of independent unbiased estimates (weights = the
 rounds' sample groups, known before the values are), so its standard error is the
@@ -72,7 +74,13 @@ class Pooled:
         return np.sqrt(self.weighted_var) / self.weight
 
 
-def unsettled_units(scores: np.ndarray, stderr: np.ndarray, threshold: float | None, top_k: int | None, z: float) -> np.ndarray:
+INDIFFERENCE = 0.05
+"""Differences below this share of the level's total effect are ties: no decision depends on them."""
+
+
+def unsettled_units(
+    scores: np.ndarray, stderr: np.ndarray, threshold: float | None, top_k: int | None, z: float, tolerance: float = 0.0
+) -> np.ndarray:
     """Units whose expansion decision or top-k rank the data cannot yet tell at `z` standard errors.
 
     `scores` are signed importances (larger = more important), `threshold` the absolute
@@ -80,15 +88,27 @@ def unsettled_units(scores: np.ndarray, stderr: np.ndarray, threshold: float | N
     must be ordered (None: all). A decision is settled when the score is at least z
     standard errors from the threshold; a rank when each neighbour among the top k + 1
     is z standard errors of their difference away. An infinite standard error never settles.
+
+    `tolerance` is an indifference zone (in score units): a comparison whose whole
+    z-interval lies within +-tolerance is settled as a tie, since either outcome is an
+    equally good answer. Without it two units of (nearly) equal value, such as the many
+    near-zero passages of a long context, would never settle and every level would spend
+    its whole budget telling noise apart.
     """
     scores, stderr = np.asarray(scores, dtype=float), np.asarray(stderr, dtype=float)
+
+    def unsure(difference: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        apart = np.abs(difference) >= z * spread
+        tied = np.abs(difference) + z * spread <= tolerance
+        return ~(apart | tied)
+
     unsettled = np.zeros(len(scores), dtype=bool)
     if threshold is not None:
-        unsettled |= ~(np.abs(scores - threshold) >= z * stderr)
+        unsettled |= unsure(scores - threshold, stderr)
     order = np.argsort(-scores, kind="stable")
     ranked = order[: len(order) if top_k is None else min(len(order), top_k + 1)]
     for upper, lower in pairwise(ranked):
-        if not scores[upper] - scores[lower] >= z * np.hypot(stderr[upper], stderr[lower]):
+        if unsure(scores[upper] - scores[lower], np.hypot(stderr[upper], stderr[lower])):
             unsettled[[upper, lower]] = True
     return unsettled
 

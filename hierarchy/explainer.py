@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
-from longshap.hierarchy.allocation import Allocation, Pooled, run_in_rounds, unsettled_units
+from longshap.hierarchy.allocation import INDIFFERENCE, Allocation, Pooled, run_in_rounds, unsettled_units
 from longshap.hierarchy.errors import Cancelled
 from longshap.hierarchy.estimators import Progress, get_estimator
 from longshap.hierarchy.estimators.base import Estimator
@@ -321,7 +321,7 @@ class Explainer:
                 return [False] * len(pools)
             scores, score_stderr, scale = importance
             threshold = None if last else run.request.thresholds[level] * scale
-            flags = unsettled_units(scores, score_stderr, threshold, run.request.max_expanded[level], allocation.z)
+            flags = unsettled_units(scores, score_stderr, threshold, run.request.max_expanded[level], allocation.z, INDIFFERENCE * scale)
             return [bool(flags[start:end].any()) for start, end in zip(bounds[:-1], bounds[1:])]
 
         return unsettled

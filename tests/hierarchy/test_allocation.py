@@ -33,6 +33,20 @@ def test_units_near_the_threshold_or_with_close_ranks_are_unsettled():
     assert unsettled_units(scores, np.array([np.inf, 0, 0, 0]), 5.0, 0, z).tolist() == [True, False, False, False]
 
 
+def test_near_ties_within_the_indifference_zone_settle():
+    """Equal-valued units never separate; with a tolerance they settle once their difference is surely small."""
+    z = z_score(0.95)
+    scores = np.array([1.0, 0.02, 0.01, 0.0])
+    tight, loose = np.full(4, 0.005), np.full(4, 0.05)
+    assert unsettled_units(scores, tight, None, None, z).tolist() == [False, True, True, True]
+    assert not unsettled_units(scores, tight, None, None, z, tolerance=0.05).any()
+    # The same ties measured too loosely might hide a real gap: still unsettled.
+    assert unsettled_units(scores, loose, None, None, z, tolerance=0.05).tolist() == [False, True, True, True]
+    # A unit surely within the tolerance of the threshold settles too: either decision is as good.
+    assert not unsettled_units(np.array([0.5]), np.array([0.005]), 0.5, None, z, tolerance=0.05).any()
+    assert unsettled_units(np.array([0.5]), np.array([0.005]), 0.5, None, z).all()
+
+
 def test_pooling_is_a_sample_weighted_mean_with_propagated_stderr():
     pool = Pooled()
     pool.add(Estimate(np.array([[1.0], [2.0]]), np.array([[0.2], [0.2]]), 10, "m", samples=1), 10)
