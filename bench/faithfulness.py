@@ -1,6 +1,6 @@
 """Document-level faithfulness on 10-passage NQ prompts: LongSHAP's estimators vs leave-one-out vs ContextCite.
 
-Run from the repository root: `python -m bench.faithfulness [--quick] [--json PATH] [--model DIR]`.
+Run from the repository root: `python -m bench.faithfulness [--quick] [--prompts N] [--cache DIR] [--json PATH] [--model DIR]`.
 
 One game per prompt (gold passage + 9 passages of other rows, seeded): v(kept passages) =
 log p(target | prompt with only those passages), on the default model, target = the gold
@@ -13,10 +13,16 @@ Metrics as in the ContextCite paper: top-k log-probability drop (v(all) - v(all 
 top-attributed passages), k = 1, 2, 3; larger is better), LDS (Spearman correlation of the
 summed attributions of kept passages with the true value over 64 held-out keep-0.5
 ablations), whether the gold passage is ranked first.
+
+`--cache DIR` keeps each game's model values on disk (one .npz per prompt and target), so
+a re-run with more methods only evaluates the coalitions no earlier run asked for; the
+charged evaluations and seconds stay per method (a cached value is still charged to
+every method that asks for it, at the measured seconds per evaluation).
 """
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from context_cite.solver import LassoRegression
@@ -29,16 +35,23 @@ from longshap.hierarchy.estimators import estimate
 DISTRACTORS = 9
 HELD_OUT = 64
 TOPS = (1, 2, 3)
-LONGSHAP = [("loo", None), ("permutation", 32), ("kernel", 32), ("leverage", 32), ("auto", 32),
-            ("permutation", 64), ("kernel", 64), ("leverage", 64), ("auto", 64)]
+LONGSHAP = [("loo", None), ("permutation", 32), ("kernel", 32), ("leverage", 32), ("banzhaf_ls", 32), ("auto", 32),
+            ("leverage", 64), ("banzhaf_ls", 64), ("auto", 64)]
+PROMPT_ROWS = (5, 11, 23, 42, 57, 88, 101, 150)
 CONTEXTCITE_BUDGETS = (32, 64)
 
 
 class CachedGame:
-    """log p(target | kept passages), computed once per distinct mask for all methods."""
+    """log p(target | kept passages), computed once per distinct mask for all methods (and runs, with a file)."""
 
-    def __init__(self, probability) -> None:
-        self.probability, self.cache, self.model_seconds, self.model_evaluations = probability, {}, 0.0, 0
+    def __init__(self, probability, path: Path | None = None) -> None:
+        self.probability, self.path = probability, path
+        self.cache: dict[bytes, float] = {}
+        self.model_seconds, self.model_evaluations = 0.0, 0
+        if path is not None and path.exists():
+            stored = np.load(path)
+            self.cache = {row.tobytes(): float(v) for row, v in zip(stored["masks"], stored["values"])}
+            self.model_seconds, self.model_evaluations = float(stored["seconds"]), int(stored["evaluations"])
 
     def __call__(self, keep: np.ndarray) -> np.ndarray:
         keep = np.atleast_2d(np.asarray(keep, dtype=bool))
@@ -51,7 +64,17 @@ class CachedGame:
             self.model_seconds += time.perf_counter() - started
             self.model_evaluations += len(missing)
             self.cache.update(zip(missing, values))
+            self.save()
         return np.array([self.cache[k] for k in keys])
+
+    def save(self) -> None:
+        """Write every value so far (atomically: a run cut short keeps what it paid for)."""
+        if self.path is None:
+            return
+        masks = np.array([np.frombuffer(k, dtype=bool) for k in self.cache])
+        partial = self.path.with_suffix(".partial.npz")
+        np.savez(partial, masks=masks, values=np.array(list(self.cache.values())), seconds=self.model_seconds, evaluations=self.model_evaluations)
+        partial.replace(self.path)
 
 
 class Charged:
@@ -91,8 +114,16 @@ def score(attribution: np.ndarray, game: CachedGame, held_out: np.ndarray, gold:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    rows = [5] if args.quick else [5, 11, 23, 42, 57, 88, 101, 150]
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--prompts", type=int, default=None, help=f"how many NQ prompts (default: 1 with --quick, else {len(PROMPT_ROWS)})")
+    cli.add_argument("--cache", type=Path, default=None, help="folder keeping each game's model values between runs")
+    args = cli.parse_args()
+    count = args.prompts or (1 if args.quick else len(PROMPT_ROWS))
+    if not 1 <= count <= len(PROMPT_ROWS):
+        cli.error(f"--prompts must be between 1 and {len(PROMPT_ROWS)}, got {count}")
+    rows = list(PROMPT_ROWS[:count])
+    if args.cache is not None:
+        args.cache.mkdir(parents=True, exist_ok=True)
     targets = ["gold"] if args.quick else ["gold", "greedy"]
     explainer = Explainer.from_pretrained(args.model)
     nq = load_nq()
@@ -105,7 +136,7 @@ def main() -> None:
                 "document", question=prompt.question, documents=prompt.documents, target=target
             )
             n = len(units)
-            game = CachedGame(probability)
+            game = CachedGame(probability, None if args.cache is None else args.cache / f"row{row}-{target_kind}.npz")
             held_out = np.random.default_rng(1000 + row).random((HELD_OUT, n)) < 0.5
             answer_tokens = max(1, len(explainer.scorer.tokenizer(prompt.answers[0], add_special_tokens=False)["input_ids"]))
             runs: list[tuple[str, np.ndarray, int, float]] = []
