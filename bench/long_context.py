@@ -15,7 +15,9 @@ Run from the repository root: `python -m bench.long_context [--quick] [--passage
   `bench.hierarchy_vs_flat`), costed there: exact forwarded tokens with the prefix
   cache simulated at its real sizes, wall time extrapolated from real batches.
 - Figures: evaluations, forwarded and total prompt tokens (total = forwarded + reused,
-  what a pass-per-coalition engine would forward), the forwarded share, wall seconds,
+  what a pass-per-coalition engine would forward), the forwarded share, the prefix-tree
+  share (tokens in the prefix tree of every scored sequence over total: the least any
+  exact engine that shares common prefixes could forward for the same coalitions), wall seconds,
   the speedup vs before, and whether the top document, sentence and word agree.
 - A run left out with --runs is not estimated: its cells say so.
 """
@@ -25,6 +27,7 @@ from longshap.hierarchy import Explainer
 from longshap.client.data import NQPrompt, load_nq, nq_prompt
 from longshap.hierarchy.prompt import QAPrompt
 from longshap.hierarchy.results import Explanation
+from longshap.hierarchy.scorer import _common_prefix
 from longshap.hierarchy.segmentation import Document, FeatureTree
 
 from bench.common import parser, print_table, write_json
@@ -45,11 +48,30 @@ def tokens(stats: dict) -> tuple[int, int]:
     return stats["forward_tokens"], stats["forward_tokens"] + stats["reused_tokens"]
 
 
-def explain(explainer: Explainer, prompt: NQPrompt, target: str, budget: int | None, after: bool, cache_bytes: int) -> Explanation:
+def trie_tokens(rows: list[tuple[int, ...]]) -> int:
+    """Tokens in the prefix tree of `rows`: what an ideal exact engine, sharing every common prefix, must forward."""
+    ordered = sorted(set(rows))
+    return sum(len(row) - _common_prefix(previous, row) for previous, row in zip([(), *ordered], ordered))
+
+
+def explain(explainer: Explainer, prompt: NQPrompt, target: str, budget: int | None, after: bool, cache_bytes: int) -> tuple[Explanation, int]:
+    """One run, with the token count of the prefix tree of every sequence it scored."""
     explainer.scorer.prefix_kv.max_bytes = cache_bytes if after else 0
     method = {} if after else {"method": "permutation"}  # after: the engine's default estimator
-    return explainer.explain(question=prompt.question, documents=prompt.documents, target=target, budget=budget, seed=0,
-                             adaptive=after, **method)
+    scored: list[tuple[int, ...]] = []
+    score = explainer.scorer._last_logprobs
+
+    def recording(rows, keep):
+        scored.extend(tuple(row) for row in rows)
+        return score(rows, keep)
+
+    explainer.scorer._last_logprobs = recording  # type: ignore[method-assign]
+    try:
+        result = explainer.explain(question=prompt.question, documents=prompt.documents, target=target, budget=budget, seed=0,
+                                   adaptive=after, **method)
+    finally:
+        del explainer.scorer._last_logprobs
+    return result, trie_tokens(scored)
 
 
 def greedy_answer(explainer: Explainer, prompt: NQPrompt) -> str:
@@ -76,8 +98,8 @@ def main() -> None:
         rows: dict[str, tuple[dict, float, tuple[str, ...] | None]] = {}
         for name in ("before", "after"):
             if name in args.runs:
-                result = explain(explainer, prompt, target, budget, name == "after", cache_bytes)
-                rows[name] = (result.stats, result.stats["wall_seconds"], top_ids(result))
+                result, ideal = explain(explainer, prompt, target, budget, name == "after", cache_bytes)
+                rows[name] = ({**result.stats, "ideal_tokens": ideal}, result.stats["wall_seconds"], top_ids(result))
         explainer.scorer.prefix_kv.max_bytes = cache_bytes
         if "flat" in args.runs:
             flat_stats, flat_seconds = flat_costed(explainer, prompt, target, PERMUTATIONS * (n_words + 1), TIMED_BATCHES, seed=0)
@@ -86,7 +108,8 @@ def main() -> None:
         for name, (stats, seconds, top) in rows.items():
             forwarded, total = tokens(stats)
             table.append([
-                passages, target, name, stats["coalitions"], forwarded, total, forwarded / total, seconds,
+                passages, target, name, stats["coalitions"], forwarded, total, forwarded / total,
+                stats["ideal_tokens"] / total if "ideal_tokens" in stats else "—", seconds,
                 before_seconds / seconds if before_seconds else "not run", "extrapolated" if name == "flat" else "measured",
                 "/".join(top) if top else "—",
             ])
@@ -94,6 +117,8 @@ def main() -> None:
             figures[f"p{passages}_{name}_total_tokens"] = total
             figures[f"p{passages}_{name}_seconds"] = seconds
             figures[f"p{passages}_{name}_evaluations"] = stats["coalitions"]
+            if "ideal_tokens" in stats:
+                figures[f"p{passages}_{name}_ideal_tokens"] = stats["ideal_tokens"]
             if top:
                 figures[f"p{passages}_{name}_top"] = "/".join(top)
         if "before" in rows and "after" in rows:
@@ -106,7 +131,7 @@ def main() -> None:
 def _print(table: list, quick: bool, model: str) -> None:
     """The table so far: printed after every prompt size, so a run cut short still reports what it measured."""
     print_table(
-        ["passages", "answer", "run", "evaluations", "forwarded tok", "total tok", "forwarded share", "wall s", "speedup vs before",
+        ["passages", "answer", "run", "evaluations", "forwarded tok", "total tok", "forwarded share", "prefix-tree share", "wall s", "speedup vs before",
          "time", "top doc/sentence/word"],
         table,
         f"Long-context NQ (row {NQ_ROW}), document→sentence→word, {'quick budgets 4(n+1)/level' if quick else 'default budgets'}, "

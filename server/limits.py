@@ -1,4 +1,7 @@
-"""Operator limits on a request's whole text and on what one evaluation costs, checked before it is queued.
+"""Operator limits on a request's size, whole text and what one evaluation costs, checked before it is queued.
+
+All of them live here: documents, budget and candidates (on the engine's request),
+every text field and the cost of one evaluation (on the wire message).
 
 Every text field counts. The model reads the rendered prompt plus the scored
 continuation on every evaluation, so the bound is on that worst case: the prompt's
@@ -15,7 +18,18 @@ from typing import Iterable
 from longshap.hierarchy.prompt import DEFAULT_CLASSIFICATION_INSTRUCTION, DEFAULT_QA_INSTRUCTION, fill_template
 from longshap.proto.wire import pb
 from longshap.server.config import Limits
-from longshap.server.validation import invalid
+from longshap.server.errors import invalid
+from longshap.hierarchy import request as rules
+
+
+def check_engine_limits(request: rules.ExplainRequest, limits: Limits, prompt_field: str, candidates: list[str] | None = None) -> None:
+    """Documents, budget and (for a rerank) candidates within the operator's limits."""
+    if len(request.documents) > limits.max_documents:
+        raise invalid(f"{prompt_field}.documents: {len(request.documents)} documents, the limit is {limits.max_documents}")
+    if request.budget is not None and request.budget > limits.max_budget:
+        raise invalid(f"budget: must be an integer in 1..{limits.max_budget}, got {request.budget}")
+    if candidates is not None and len(candidates) > limits.max_candidates:
+        raise invalid(f"candidates: {len(candidates)} candidates, the limit is {limits.max_candidates}")
 
 
 def check_field_lengths(fields: Iterable[tuple[str, str]], limits: Limits) -> None:

@@ -22,8 +22,8 @@ from longshap.hierarchy.rerank import rerank
 from longshap.proto.wire import SERVICE_NAME, event_to_proto, pb, pb_grpc, rerank_to_proto
 from longshap.server.batching import Executor, RequestScorer
 from longshap.server.config import Limits
-from longshap.server.limits import check_explain_limits, check_rerank_limits
-from longshap.server.validation import RequestError, explain_request, rerank_arguments, resolve_model
+from longshap.server.errors import RequestError
+from longshap.server.validation import explain_request, rerank_arguments, resolve_model
 from longshap.server.worker import QueueFull, Worker
 
 if TYPE_CHECKING:
@@ -155,7 +155,6 @@ class ExplainerService(pb_grpc.ExplainerServicer):
             _refuse_unreadable(request)
             record.model = resolve_model(request.model, self.explainers, self.default)
             engine_request = explain_request(request, self.limits)
-            check_explain_limits(request, self.limits)
             if is_gradient_method(engine_request.method) and record.model in self.executors:
                 raise RequestError(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -181,7 +180,6 @@ class ExplainerService(pb_grpc.ExplainerServicer):
             _refuse_unreadable(request)
             record.model = resolve_model(request.model, self.explainers, self.default)
             engine_request, candidates = rerank_arguments(request, self.limits)
-            check_rerank_limits(request, self.limits)
             explainer = self._explainer(record.model)
 
             def job(emit: Callable, should_stop: Callable[[], bool]) -> None:

@@ -1,8 +1,9 @@
 """What the wire adds to the engine's request rules: operator limits, model names and field paths.
 
 The engine's rules (longshap.hierarchy.request) judge every option; this module runs
-them before a request is queued, so a bad request costs nothing, and reports their
-errors under the request's own field paths (`qa.documents[1].text`).
+them, then the operator limits (`server.limits`), before a request is queued, so a bad
+request costs nothing, and reports errors under the request's own field paths
+(`qa.documents[1].text`).
 """
 from __future__ import annotations
 
@@ -14,22 +15,11 @@ from longshap.hierarchy import request as rules
 from longshap.hierarchy.rerank import rerank_request
 from longshap.proto.wire import explain_options, pb, prompt_options
 from longshap.server.config import Limits
+from longshap.server.errors import RequestError, invalid
+from longshap.server.limits import check_engine_limits, check_explain_limits, check_rerank_limits
 
 PROMPT_FIELDS = frozenset({"question", "documents", "text", "labels", "instruction"})
 """Engine options that live inside the request's prompt message."""
-
-
-class RequestError(Exception):
-    """A request the server refuses, with the gRPC status to answer."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def resolve_model(name: str, served: Mapping[str, object], default: str) -> str:
@@ -50,13 +40,6 @@ def _wire_error(error: rules.RequestError, prompt_field: str) -> RequestError:
     return invalid(f"{field}: {error.reason}")
 
 
-def _check_limits(request: rules.ExplainRequest, limits: Limits, prompt_field: str) -> None:
-    if len(request.documents) > limits.max_documents:
-        raise invalid(f"{prompt_field}.documents: {len(request.documents)} documents, the limit is {limits.max_documents}")
-    if request.budget is not None and request.budget > limits.max_budget:
-        raise invalid(f"budget: must be an integer in 1..{limits.max_budget}, got {request.budget}")
-
-
 def explain_request(message: pb.ExplainRequest, limits: Limits) -> rules.ExplainRequest:
     """The engine request an ExplainRequest message asks for, or a RequestError naming the bad field."""
     prompt_field = message.WhichOneof("prompt")
@@ -66,7 +49,8 @@ def explain_request(message: pb.ExplainRequest, limits: Limits) -> rules.Explain
         request = rules.ExplainRequest.build(**explain_options(message))
     except rules.RequestError as error:
         raise _wire_error(error, prompt_field) from None
-    _check_limits(request, limits, prompt_field)
+    check_engine_limits(request, limits, prompt_field)
+    check_explain_limits(message, limits)
     return request
 
 
@@ -80,7 +64,6 @@ def rerank_arguments(message: pb.RerankRequest, limits: Limits) -> tuple[rules.E
         request, candidates = rerank_request(list(message.candidates), **options)
     except rules.RequestError as error:
         raise _wire_error(error, "prompt") from None
-    if len(candidates) > limits.max_candidates:
-        raise invalid(f"candidates: {len(candidates)} candidates, the limit is {limits.max_candidates}")
-    _check_limits(request, limits, "prompt")
+    check_engine_limits(request, limits, "prompt", candidates)
+    check_rerank_limits(message, limits)
     return request, candidates
