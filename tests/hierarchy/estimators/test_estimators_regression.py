@@ -6,7 +6,7 @@ import pytest
 
 from longshap.hierarchy.estimators import estimate
 from longshap.hierarchy.estimators.leverage import _plan, _stratum_pairs
-from synthetic_games import ContextGame, Interaction, reference_shapley, voting
+from synthetic_games import ContextGame, Counting, Interaction, reference_shapley, voting
 
 CUBIC = Interaction(10, seed=31, cubic=0.5)
 
@@ -75,8 +75,27 @@ def test_banzhaf_ls_converges_on_context_games():
 
 @pytest.mark.parametrize(
     "game, budget, chosen",
-    [(CUBIC, 20, "permutation"), (CUBIC, 39, "permutation"), (CUBIC, 40, "leverage"), (ContextGame(5), 400, "kernel"), (ContextGame(5), 12, "permutation")],
+    [
+        (CUBIC, 20, "permutation"), (CUBIC, 34, "permutation"), (CUBIC, 35, "leverage"), (CUBIC, 40, "leverage"),
+        (ContextGame(5), 400, "kernel"), (ContextGame(5), 12, "permutation"), (ContextGame(5), 19, "permutation"),
+        (ContextGame(5), 20, "kernel"),
+    ],
 )
 def test_auto_names_the_estimator_it_ran(game, budget, chosen):
     result = estimate(game, game.n_players if hasattr(game, "n_players") else 10, "auto", budget=budget, seed=0)
     assert result.method == chosen and result.extras["requested"] == "auto"
+
+
+@pytest.mark.parametrize("n", [10, 16])
+@pytest.mark.parametrize("multiple", [3.0, 3.25, 3.5, 3.75, 4.0])
+def test_auto_spends_its_budget_between_3n_and_4n(n, multiple):
+    # Below 3.5n permutation runs whole antithetic pairs (2n each), then a partial pair
+    # with the rest; before, a third of a 3n budget went unspent.
+    game = Interaction(n, seed=31, cubic=0.3)
+    budget = int(multiple * n)
+    counted = [Counting(game) for _ in range(20)]
+    results = [estimate(counting, n, "auto", budget=budget, seed=seed) for seed, counting in enumerate(counted)]
+    assert all(len(c.seen) == r.evaluations <= budget for c, r in zip(counted, results))
+    # A window at the chain's ends, or coalitions an earlier pair already evaluated, saves a few.
+    assert np.mean([r.evaluations for r in results]) >= 0.95 * budget
+    assert {r.method for r in results} == {"permutation" if multiple < 3.5 else "leverage"}
