@@ -25,8 +25,11 @@ from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampl
 from longshap.hierarchy.estimators.kernel import Kernel
 from longshap.hierarchy.games import MemoisedGame
 
-FOLDS = 2
-"""Cross-fitting folds: the surrogate for one fold's residuals is fitted on the others."""
+FOLDS = 4
+"""Most cross-fitting folds: the surrogate for one fold's residuals is fitted on the others.
+
+A stratum with c sampled pairs is dealt to min(FOLDS, max(2, c - 1)) folds, so its
+residual spread keeps at least one degree of freedom where it has three pairs."""
 SLOPES = (1.0, 2.0, 4.0)
 """Slopes of the odd single-index features tanh(slope * u), u the linear fit's index scaled to unit rms."""
 RIDGE = 0.1
@@ -122,7 +125,7 @@ class _ReferencePairs:
 def _estimate(data: PairedSample, reference: _ReferencePairs) -> tuple[np.ndarray, np.ndarray]:
     """Cross-fitted regression-adjusted values (n, k) and their standard errors.
 
-    Pairs of each sampled stratum are dealt to FOLDS folds in draw order (the order is
+    Pairs of each sampled stratum are dealt to up to FOLDS folds in draw order (the order is
     random, so this is a random split). For fold k the surrogate f_k is fitted on every
     other pair (other folds' and enumerated strata's, Shapley-kernel weights per stratum);
     fold k's pairs B are a simple random sample of the stratum's pairs outside the rest A,
@@ -140,7 +143,7 @@ def _estimate(data: PairedSample, reference: _ReferencePairs) -> tuple[np.ndarra
     folds = np.zeros(len(data.strata), dtype=int)
     for s in sampled:
         rows = np.flatnonzero(data.strata == s)
-        folds[rows] = np.arange(len(rows)) % FOLDS
+        folds[rows] = np.arange(len(rows)) % min(FOLDS, max(2, len(rows) - 1))
     in_sample = np.isin(data.strata, sampled)
     counts = {s: int(np.sum(data.strata == s)) for s in range(1, n // 2 + 1)}
     width = differences.shape[1]
