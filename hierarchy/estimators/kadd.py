@@ -125,7 +125,7 @@ class KAdditive(Sampler):
                 break
         if n <= INTERACTIONS_UP_TO:
             _, _, matrix = _fit(data, interactions=True)
-        extras = {"enumerated_sizes": data.enumerated}
+        extras: dict[str, object] = {"enumerated_sizes": data.enumerated}
         if matrix is not None:
             extras["interactions"] = matrix
         return Estimate(values, stderr, game.evaluations - start, self.name, samples=len(data.strata), extras=extras)
