@@ -78,7 +78,7 @@ class Charged:
         return np.asarray(self.value_fn(coalitions), dtype=float)
 
 
-LONGSHAP = {"permutation": "shapley", "kernel": "shapley", "leverage": "shapley", "auto": "shapley", "banzhaf": "banzhaf", "banzhaf_ls": "banzhaf"}
+LONGSHAP = {"permutation": "shapley", "kernel": "shapley", "leverage": "shapley", "auto": "shapley", "regression_adjusted": "shapley", "kadd": "shapley", "banzhaf": "banzhaf", "banzhaf_ls": "banzhaf"}
 SHAPIQ = {
     "shapiq KernelSHAP(paired)": ("shapley", lambda n, seed: KernelSHAP(n=n, pairing_trick=True, random_state=seed)),
     "shapiq kADDSHAP(2, paired)": ("shapley", lambda n, seed: kADDSHAP(n=n, max_order=2, pairing_trick=True, random_state=seed)),

@@ -38,7 +38,7 @@ def test_student_scale_is_inf_without_degrees_of_freedom():
 
 @pytest.mark.parametrize("game", [CUBIC, log_sigmoid], ids=["cubic", "log-sigmoid"])
 @pytest.mark.parametrize("multiple", [2, 5])
-@pytest.mark.parametrize("method", ["permutation", "kernel", "leverage", "auto", "banzhaf", "banzhaf_ls"])
+@pytest.mark.parametrize("method", ["permutation", "kernel", "leverage", "auto", "banzhaf", "banzhaf_ls", "regression_adjusted", "kadd"])
 def test_two_stderr_coverage_is_nominal(method, multiple, game):
     truth = _exact(game, method)
     results = [estimate(game, 10, method, budget=multiple * 10, seed=seed) for seed in range(40)]

@@ -8,7 +8,8 @@ from longshap.hierarchy.estimators import Progress, estimate, get_estimator
 from longshap.hierarchy.games import FunctionGame, MemoisedGame
 from synthetic_games import Counting, GrowingAnswers, Interaction, additive, two_columns, voting
 
-SAMPLERS = ["permutation", "kernel", "leverage", "auto", "banzhaf", "banzhaf_ls", "loo"]
+SAMPLERS = ["permutation", "kernel", "leverage", "auto", "banzhaf", "banzhaf_ls", "loo", "regression_adjusted", "kadd"]
+LINEAR = [m for m in SAMPLERS if m != "regression_adjusted"]  # its surrogate is fitted nonlinearly, by design
 ALL = ["exact", *SAMPLERS]
 CUBIC = Interaction(10, seed=7, cubic=0.3)
 
@@ -18,7 +19,7 @@ def _total(value_fn, n: int) -> np.ndarray:
     return ends[1] - ends[0]
 
 
-@pytest.mark.parametrize("method", ["permutation", "kernel"])
+@pytest.mark.parametrize("method", ["permutation", "kernel", "regression_adjusted", "kadd"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_efficiency_holds_exactly(method, seed):
     value_fn = two_columns(CUBIC, voting([4, 3, 3, 2, 2, 2, 1, 1, 1, 1], quota=10))
@@ -26,7 +27,7 @@ def test_efficiency_holds_exactly(method, seed):
     np.testing.assert_allclose(result.values.sum(axis=0), _total(value_fn, 10), atol=1e-9)
 
 
-@pytest.mark.parametrize("method", ["permutation", "kernel"])
+@pytest.mark.parametrize("method", ["permutation", "kernel", "regression_adjusted", "kadd"])
 def test_antithetic_and_paired_sampling_are_exact_for_pairwise_games(method):
     game = Interaction(9, seed=8)
     result = estimate(game, 9, method, budget=60, seed=3)
@@ -41,7 +42,7 @@ def test_permutation_gives_a_dummy_exactly_zero_with_the_smallest_error():
     assert 0.0 < result.stderr[4] < np.delete(result.stderr, 4).min()
 
 
-@pytest.mark.parametrize("method", SAMPLERS)
+@pytest.mark.parametrize("method", LINEAR)
 def test_estimates_are_linear_in_the_game_for_a_fixed_seed(method):
     other = voting([4, 3, 3, 2, 2, 2, 1, 1, 1, 1], quota=10)
     combined = estimate(lambda z: CUBIC(z) - 3.0 * other(z), 10, method, budget=300, seed=5).values
@@ -108,7 +109,7 @@ def test_memoisation_never_repeats_a_coalition(method):
 def test_growing_columns_are_padded_like_a_game_with_all_columns_known(method):
     growing = GrowingAnswers([1, 2, 4, 8, 16, 32, 64, 128])  # every coalition its own answer: k grows every call
     # Several calls, even with 8 pairs per call; leverage would enumerate all 2**8 coalitions at once at 600.
-    budget = 150 if method in ("leverage", "auto") else 600
+    budget = 150 if method in ("leverage", "auto", "regression_adjusted", "kadd") else 600
     grown = estimate(growing, 8, method, budget=budget, seed=4)
     assert grown.values.shape == grown.stderr.shape == (8, len(growing.columns))
     if method not in ("exact", "loo"):  # these make a single call
