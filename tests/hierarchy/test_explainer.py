@@ -217,9 +217,11 @@ def test_probability_function_feeds_the_metrics(tiny_explainer):
 def test_auto_is_the_default_and_each_level_names_the_estimator_it_ran(tiny_explainer):
     result = qa(tiny_explainer, thresholds=0.0, levels=("document", "sentence"))
     documents, sentences = result.levels
-    assert documents.method == "leverage"  # the top level is a plain game with a generous default budget
+    assert documents.method == "regression_adjusted"  # the top level is a plain game with a generous default budget (10(n+1) >= 6n)
     assert sentences.method == "kernel"  # Owen subgames draw outer contexts: auto hands them to kernel
     assert all(np.isfinite(f.value) for level in result.levels for f in level.features)
+
+
 @pytest.mark.parametrize("value", ["logprob", "probability"])
 def test_per_token_attributions_sum_to_the_answers(tiny_explainer, value):
     """One column per answer token, from the same passes; every unit's token values add up to its value."""
