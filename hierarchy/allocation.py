@@ -1,7 +1,8 @@
 """Adaptive allocation: a level's games run in rounds until its decisions are settled.
 
 A level only has to decide two things: which units pass the expansion threshold and
-the order of its top units. Each game's budget is split into `ROUNDS` rounds; every
+the order of its top units. Each game's budget is spent in up to `ROUNDS` rounds, the
+first taking half of it (`FIRST_SHARE`) and the others equal parts of the rest; every
 round is an independent run of the estimator (its own draws from the game's random
 stream, the memoised game shared, so repeated coalitions are free), and a game's
 rounds are pooled. After each round the caller says which units are still unsettled
@@ -23,14 +24,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from math import ceil
 from statistics import NormalDist
 
 import numpy as np
 from longshap.hierarchy.estimators.base import Estimate, Estimator, Progress
 from longshap.hierarchy.games import MemoisedGame, pad_to
 
-ROUNDS = 4
-"""A game's budget is spent in up to this many rounds: at best a settled level costs a quarter."""
+ROUNDS = 3
+"""A game's budget is spent in up to this many rounds: at best a settled level costs FIRST_SHARE of it."""
+FIRST_SHARE = 0.5
+"""The first round's share of a game's budget.
+
+Rounds are independent estimator runs, and an estimator on a small budget is a worse
+one: at a quarter of a 10(n + 1) budget `auto` can only afford permutations, whose
+single pair leaves most players' standard errors infinite, so nothing could settle or
+be expanded (10 NQ passages: the explanation stopped at the document level). Half
+the budget buys a regression with a finite error for every player."""
 
 
 def z_score(confidence: float) -> float:
@@ -132,7 +142,7 @@ def run_in_rounds(
     while active:
         for index in active:
             game, pool = games[index], pools[index]
-            share = -(-budgets[index] // rounds)
+            share = _round_share(budgets[index], pool.rounds, rounds)
             before = game.evaluations
             estimate = estimator.attribute(game, max(1, min(share, budgets[index] - pool.evaluations)), rngs[index])
             pool.add(estimate, game.evaluations - before)
@@ -142,6 +152,12 @@ def run_in_rounds(
         # A round count cap too: on a small game memoised repeats make rounds free, so budgets alone may never end.
         active = [i for i in active if flags[i] and pools[i].evaluations < budgets[i] and pools[i].rounds < rounds]
     return pools
+
+
+def _round_share(budget: int, done: int, rounds: int) -> int:
+    """Evaluations for a game's next round: FIRST_SHARE of the budget first, then equal parts of the rest."""
+    first = ceil(budget * FIRST_SHARE) if rounds > 1 else budget
+    return max(1, first if done == 0 else ceil((budget - first) / (rounds - 1)))
 
 
 @dataclass(frozen=True)

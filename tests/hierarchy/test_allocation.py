@@ -63,14 +63,14 @@ def interaction_game(n: int = 6) -> FunctionGame:
 
 
 def test_pooled_rounds_keep_their_stderr_calibrated():
-    """Four permutation rounds pooled: the 95% intervals cover the exact Shapley values at about their nominal rate."""
+    """Three permutation rounds pooled: the 95% intervals cover the exact Shapley values at about their nominal rate."""
     game = interaction_game()
     truth = estimate(game, game.n_players, method="exact").values
     covered, checked = 0, 0
     for seed in range(150):
         pools = run_in_rounds(get_estimator("permutation"), [MemoisedGame(game)], [48], [np.random.default_rng(seed)], lambda pools: [True])
         pool = pools[0]
-        assert pool.rounds == 4
+        assert pool.rounds == 3
         values, stderr = pool.values[:, 0], pool.stderr[:, 0]
         covered += int(np.sum(np.abs(values - truth) <= 1.96 * stderr))
         checked += len(truth)
@@ -86,8 +86,9 @@ def test_only_unsettled_games_get_more_rounds_and_budgets_bound_them():
         return [False, True]
 
     pools = run_in_rounds(get_estimator("permutation"), games, [48, 48], [np.random.default_rng(i) for i in range(2)], second_game_unsettled)
-    assert pools[0].rounds == 1 and pools[1].rounds == 4
-    assert calls[0] == [1, 1] and calls[-1] == [1, 4]
+    assert pools[0].rounds == 1 and pools[1].rounds == 3
+    assert calls[0] == [1, 1] and calls[-1] == [1, 3]
+    assert pools[0].evaluations <= 24 + 2 * 6  # the first round is half the budget
     assert pools[1].evaluations <= 48 + 2 * 6  # the last round may run one antithetic pair past the budget
 
 
@@ -104,13 +105,13 @@ def test_adaptive_explanations_spend_at_most_the_fixed_budget(tiny_explainer, mo
 
 
 def test_a_settled_level_stops_after_its_first_round(tiny_explainer):
-    """With a confidence near zero every decision is settled at once: one round, a quarter of the budget."""
+    """With a confidence near zero every decision is settled at once: one round, half the budget."""
     request = {"text": "a charming and often affecting journey , unflinchingly bleak and desperate", "labels": ["negative", "positive"]}
     fixed = tiny_explainer.explain(**request, budget=400)
     quick = tiny_explainer.explain(**request, budget=400, adaptive=True, confidence=1e-9)
     careful = tiny_explainer.explain(**request, budget=400, adaptive=True, confidence=0.999999)
-    assert quick.levels[0].evaluations <= fixed.levels[0].evaluations / 3
-    assert careful.levels[0].evaluations > 2 * quick.levels[0].evaluations
+    assert quick.levels[0].evaluations <= 0.55 * fixed.levels[0].evaluations
+    assert careful.levels[0].evaluations > 1.5 * quick.levels[0].evaluations
 
 
 def test_total_budget_bounds_all_levels(tiny_explainer):
