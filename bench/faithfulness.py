@@ -35,8 +35,8 @@ from longshap.hierarchy.estimators import estimate
 DISTRACTORS = 9
 HELD_OUT = 64
 TOPS = (1, 2, 3)
-LONGSHAP = [("loo", None), ("permutation", 32), ("kernel", 32), ("leverage", 32), ("banzhaf_ls", 32), ("auto", 32),
-            ("leverage", 64), ("banzhaf_ls", 64), ("auto", 64)]
+LONGSHAP = [("loo", None), ("permutation", 32), ("kernel", 32), ("leverage", 32), ("regression_adjusted", 32), ("banzhaf_ls", 32),
+            ("auto", 32), ("leverage", 64), ("regression_adjusted", 64), ("banzhaf_ls", 64), ("auto", 64)]
 PROMPT_ROWS = (5, 11, 23, 42, 57, 88, 101, 150)
 CONTEXTCITE_BUDGETS = (32, 64)
 
