@@ -31,7 +31,7 @@ import numpy as np
 from longshap.hierarchy.estimators.base import Estimate, Estimator, Progress
 from longshap.hierarchy.games import MemoisedGame, pad_to
 
-ROUNDS = 3
+ROUNDS = 2
 """A game's budget is spent in up to this many rounds: at best a settled level costs FIRST_SHARE of it."""
 FIRST_SHARE = 0.5
 """The first round's share of a game's budget.
@@ -40,7 +40,9 @@ Rounds are independent estimator runs, and an estimator on a small budget is a w
 one: at a quarter of a 10(n + 1) budget `auto` can only afford permutations, whose
 single pair leaves most players' standard errors infinite, so nothing could settle or
 be expanded (10 NQ passages: the explanation stopped at the document level). Half
-the budget buys a regression with a finite error for every player."""
+the budget buys a regression with a finite error for every player, and so does the
+other half: more, smaller rounds would hand the later ones to the weaker estimator,
+and one infinite error in a fixed-weight pool makes the pooled error infinite."""
 
 
 def z_score(confidence: float) -> float:
@@ -58,7 +60,7 @@ class Pooled:
     rounds: int = 0
     evaluations: int = 0
     method: str = ""
-    """The estimator that ran the rounds (auto names its choice)."""
+    """The estimators that ran the rounds, joined by '+' (auto names its choice)."""
 
     def add(self, estimate: Estimate, evaluations: int) -> None:
         values, stderr = np.atleast_2d(estimate.values.T).T, np.atleast_2d(estimate.stderr.T).T
@@ -71,7 +73,7 @@ class Pooled:
         self.weight += w
         self.rounds += 1
         self.evaluations += evaluations
-        self.method = estimate.method
+        self.method = "+".join(dict.fromkeys([*filter(None, self.method.split("+")), estimate.method]))
 
     @property
     def values(self) -> np.ndarray:

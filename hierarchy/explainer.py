@@ -294,7 +294,7 @@ class Explainer:
             ]
             evaluations = planned if run.gradients is not None else game.evaluations - evaluations_before
             result_level = Level(
-                level, features, evaluations, options.thresholds[level], "+".join(dict.fromkeys(used)),
+                level, features, evaluations, options.thresholds[level], "+".join(dict.fromkeys(name for names in used for name in names.split("+"))),
                 round(time.perf_counter() - level_started, 3),
                 forward_tokens=self.scorer.stats.forward_tokens - tokens_before[0],
                 reused_tokens=self.scorer.stats.reused_tokens - tokens_before[1],

@@ -54,7 +54,7 @@ def test_pooling_is_a_sample_weighted_mean_with_propagated_stderr():
     np.testing.assert_allclose(pool.values, [[3.25, 0.75], [4.25, 0.0]])
     np.testing.assert_allclose(pool.stderr[:, 0], np.sqrt(0.2**2 + 9 * 0.1**2) / 4)
     np.testing.assert_allclose(pool.stderr[:, 1], [0.75 * 0.3, 0.0])
-    assert pool.rounds == 2 and pool.evaluations == 16
+    assert pool.rounds == 2 and pool.evaluations == 16 and pool.method == "m"
 
 
 def interaction_game(n: int = 6) -> FunctionGame:
@@ -63,14 +63,14 @@ def interaction_game(n: int = 6) -> FunctionGame:
 
 
 def test_pooled_rounds_keep_their_stderr_calibrated():
-    """Three permutation rounds pooled: the 95% intervals cover the exact Shapley values at about their nominal rate."""
+    """Two permutation rounds pooled: the 95% intervals cover the exact Shapley values at about their nominal rate."""
     game = interaction_game()
     truth = estimate(game, game.n_players, method="exact").values
     covered, checked = 0, 0
     for seed in range(150):
         pools = run_in_rounds(get_estimator("permutation"), [MemoisedGame(game)], [48], [np.random.default_rng(seed)], lambda pools: [True])
         pool = pools[0]
-        assert pool.rounds == 3
+        assert pool.rounds == 2
         values, stderr = pool.values[:, 0], pool.stderr[:, 0]
         covered += int(np.sum(np.abs(values - truth) <= 1.96 * stderr))
         checked += len(truth)
@@ -86,10 +86,18 @@ def test_only_unsettled_games_get_more_rounds_and_budgets_bound_them():
         return [False, True]
 
     pools = run_in_rounds(get_estimator("permutation"), games, [48, 48], [np.random.default_rng(i) for i in range(2)], second_game_unsettled)
-    assert pools[0].rounds == 1 and pools[1].rounds == 3
-    assert calls[0] == [1, 1] and calls[-1] == [1, 3]
+    assert pools[0].rounds == 1 and pools[1].rounds == 2
+    assert calls[0] == [1, 1] and calls[-1] == [1, 2]
     assert pools[0].evaluations <= 24 + 2 * 6  # the first round is half the budget
     assert pools[1].evaluations <= 48 + 2 * 6  # the last round may run one antithetic pair past the budget
+
+
+def test_auto_keeps_its_estimator_in_every_round():
+    """Rounds of a 10(n + 1) budget stay large enough for a regression: finite errors, one estimator named."""
+    game = MemoisedGame(FunctionGame(lambda rows: rows.sum(axis=1).astype(float) ** 1.5, 10))
+    pool = run_in_rounds(get_estimator("auto"), [game], [110], [np.random.default_rng(0)], lambda pools: [True])[0]
+    assert pool.rounds == 2 and pool.method == "leverage"
+    assert np.all(np.isfinite(pool.stderr))
 
 
 @pytest.mark.parametrize("mode", ["owen", "local"])
