@@ -131,10 +131,24 @@ def _estimate(data: PairedSample, reference: _ReferencePairs) -> tuple[np.ndarra
     fold k's pairs B are a simple random sample of the stratum's pairs outside the rest A,
     so [sum_A kappa r + (P - |A|) mean_B kappa r] / P + F_t(f_k), r = d - d_f_k, is unbiased
     for the stratum mean. Folds are averaged. Variance: the residual terms' spread within
-    folds (pooled per stratum, finite-population corrected), plus the surrogates' own
-    stratum-mean error where those come from a sample; a stratum with fewer than
-    FOLDS + 1 pairs leaves the error undetermined (inf). Student-t widening on the
-    Welch-Satterthwaite degrees of freedom of the per-stratum variances.
+    folds (pooled per stratum, S^2), plus the surrogates' own stratum-mean error where those
+    come from a sample; a stratum with fewer than FOLDS + 1 pairs leaves the error
+    undetermined (inf). Student-t widening on the Welch-Satterthwaite degrees of freedom of
+    the per-stratum variances.
+
+    The fold estimates are not independent: every pair of fold g also sits, with weight
+    1/P, in the held-in sums of the other folds' estimates. (Each fold's own variance,
+    conditional on its held-in pairs, is right, since its conditional mean is the exact
+    stratum mean; summing those alone, as this function once did, dropped the positive
+    covariances, by a factor 1 - f (K - 1) / K for sampling fraction f = c / P and K folds,
+    and 2-se coverage fell to 0.89 at 50n on a 10-player log-sigmoid game, 0.935 on the
+    12-player third-order one, where strata are largely sampled.) With the residuals
+    treated as one function, the average is sum_j w_j psi_j over the c sampled pairs with
+    w_j = ((K - 1) / P + rest_g / (P b_g)) / K for a pair of fold g (b_g pairs,
+    rest_g = P - c + b_g), weights that sum to 1 (each is 1/c for equal folds), so simple
+    random sampling without replacement gives S^2 (sum_j w_j^2 - 1/P): S^2 (1 - c/P) / c
+    for equal folds, the stratified-mean variance. Coverage is 0.94-0.96 at 20n and 50n on
+    every benchmark game since (200 seeds).
     """
     n = data.n
     x = 2.0 * data.members - 1.0
@@ -186,7 +200,7 @@ def _estimate(data: PairedSample, reference: _ReferencePairs) -> tuple[np.ndarra
             kappa = _kappa(data.members[rows], s, n)
             estimate = np.zeros(n)
             spread = np.zeros(n)
-            factor = 0.0
+            squared_weights = 0.0
             for k in present:
                 mine = folds[rows] == k
                 psi = kappa * (d[rows] - surrogates[k].predict(x[rows]))[:, None]
@@ -194,13 +208,15 @@ def _estimate(data: PairedSample, reference: _ReferencePairs) -> tuple[np.ndarra
                 rest = population - held
                 estimate += (psi[~mine].sum(axis=0) + rest * psi[mine].mean(axis=0)) / population
                 spread += ((psi[mine] - psi[mine].mean(axis=0)) ** 2).sum(axis=0)
-                factor += (rest / population) ** 2 * (1 - mine_count / rest) / mine_count
+                # each of fold k's pairs: 1/P in the other folds' estimates, rest/(P b_k) in its own
+                weight = ((len(present) - 1) / population + rest / (population * mine_count)) / len(present)
+                squared_weights += mine_count * weight**2
             values[:, column] += estimate / len(present) + share
             dof = len(rows) - len(present)
             if dof < 1:
                 undetermined[column] = True
                 continue
-            stratum_variance = spread / dof * factor / len(present) ** 2
+            stratum_variance = spread / dof * (squared_weights - 1 / population)
             variance[:, column] += stratum_variance
             satterthwaite[:, column] += stratum_variance**2 / dof
     dof = np.divide(variance**2, satterthwaite, out=np.full_like(variance, np.inf), where=satterthwaite > 0)
