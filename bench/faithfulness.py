@@ -29,6 +29,7 @@ from context_cite.solver import LassoRegression
 
 from bench.common import parser, print_table, write_json
 from longshap.hierarchy import Explainer
+from longshap.hierarchy.errors import RequestError
 from longshap.client.data import load_nq, nq_prompt
 from longshap.hierarchy.estimators import estimate
 
@@ -132,9 +133,13 @@ def main() -> None:
         prompt = nq_prompt(nq, row, DISTRACTORS, seed=0)
         for target_kind in targets:
             target = prompt.answers[0] if target_kind == "gold" else None
-            units, probability = explainer.probability_function(
-                "document", question=prompt.question, documents=prompt.documents, target=target
-            )
+            try:
+                units, probability = explainer.probability_function(
+                    "document", question=prompt.question, documents=prompt.documents, target=target
+                )
+            except RequestError as error:  # e.g. an empty greedy answer: nothing to explain
+                print(f"row {row} ({target_kind}): skipped, {error}", flush=True)
+                continue
             n = len(units)
             game = CachedGame(probability, None if args.cache is None else args.cache / f"row{row}-{target_kind}.npz")
             held_out = np.random.default_rng(1000 + row).random((HELD_OUT, n)) < 0.5
