@@ -43,6 +43,12 @@ be expanded (10 NQ passages: the explanation stopped at the document level). Hal
 the budget buys a regression with a finite error for every player, and so does the
 other half: more, smaller rounds would hand the later ones to the weaker estimator,
 and one infinite error in a fixed-weight pool makes the pooled error infinite."""
+MIN_ROUND_PER_PLAYER = 4
+"""A budget is only split when each round still gets this many evaluations per player.
+
+Below it a round is one permutation pair, whose standard error is infinite: two such
+rounds settle nothing and expand nothing (20 NQ passages at 4(n + 1) per level
+stopped at the documents), where the whole budget in one run does."""
 
 
 def z_score(confidence: float) -> float:
@@ -140,11 +146,12 @@ def run_in_rounds(
     units still needs evaluations. `progress(game_index, snapshot)` follows each round.
     """
     pools = [Pooled() for _ in games]
+    game_rounds = [rounds if budget * FIRST_SHARE >= MIN_ROUND_PER_PLAYER * game.n_players else 1 for game, budget in zip(games, budgets)]
     active = list(range(len(games)))
     while active:
         for index in active:
             game, pool = games[index], pools[index]
-            share = _round_share(budgets[index], pool.rounds, rounds)
+            share = _round_share(budgets[index], pool.rounds, game_rounds[index])
             before = game.evaluations
             estimate = estimator.attribute(game, max(1, min(share, budgets[index] - pool.evaluations)), rngs[index])
             pool.add(estimate, game.evaluations - before)
@@ -152,7 +159,7 @@ def run_in_rounds(
                 progress(index, Progress(pool.evaluations, budgets[index], pool.values, pool.stderr))
         flags = unsettled(pools)
         # A round count cap too: on a small game memoised repeats make rounds free, so budgets alone may never end.
-        active = [i for i in active if flags[i] and pools[i].evaluations < budgets[i] and pools[i].rounds < rounds]
+        active = [i for i in active if flags[i] and pools[i].evaluations < budgets[i] and pools[i].rounds < game_rounds[i]]
     return pools
 
 

@@ -100,6 +100,14 @@ def test_auto_keeps_its_estimator_in_every_round():
     assert np.all(np.isfinite(pool.stderr))
 
 
+def test_a_budget_too_small_to_split_runs_in_one_round():
+    """Halves below 4n evaluations would be single permutation pairs with infinite errors: one run instead."""
+    game = MemoisedGame(FunctionGame(lambda rows: rows.sum(axis=1).astype(float) ** 1.5, 10))
+    pool = run_in_rounds(get_estimator("auto"), [game], [50], [np.random.default_rng(0)], lambda pools: [True])[0]
+    assert pool.rounds == 1 and pool.method == "leverage"
+    assert np.all(np.isfinite(pool.stderr))
+
+
 @pytest.mark.parametrize("mode", ["owen", "local"])
 def test_adaptive_explanations_spend_at_most_the_fixed_budget(tiny_explainer, mode):
     request = {"question": QUESTION, "documents": DOCUMENTS, "target": "Paris", "levels": ("document", "sentence"), "mode": mode}
