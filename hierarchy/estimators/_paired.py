@@ -1,7 +1,7 @@
 """Leverage SHAP's sampling design, shared by the estimators that fit other models to it.
 
 Distinct pairs (S, complement) stratified by min(|S|, n - |S|), an equal share of the
-budget per coalition size, small strata enumerated whole (see `leverage._plan`). The
+budget per coalition size, small strata enumerated whole (see `_plan`). The
 generator yields the data gathered so far after every batch, so each estimator can
 re-fit, report progress and stop at its target standard error.
 """
@@ -9,13 +9,110 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import itertools
+from math import comb
 from typing import Iterator
 
 import numpy as np
 
-from longshap.hierarchy.estimators._stats import growing_batch
-from longshap.hierarchy.estimators.leverage import _plan, _stratum_pairs, _StratumSampler
+from longshap.hierarchy.estimators._stats import check_inputs, done, growing_batch, report
+from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampler
+from longshap.hierarchy.estimators.kernel import Kernel
 from longshap.hierarchy.games import Context, MemoisedGame, pad_columns, pad_to
+
+
+ENUMERABLE = 50_000
+"""Strata with at most this many pairs are sampled from an explicit list; larger ones by rejection."""
+
+
+def _stratum_pairs(n: int, size: int) -> int:
+    """Distinct pairs {S, complement} with min(|S|, n - |S|) = size."""
+    return comb(n, size) // 2 if 2 * size == n else comb(n, size)
+
+
+def _plan(n: int, pairs: int) -> tuple[list[int], dict[int, int]]:
+    """Strata to enumerate whole, and how many pairs to draw from each of the others.
+
+    Leverage scores of the Shapley regression are equal for every coalition size, so
+    each size (a stratum pair s, n - s counts twice) gets an equal share of the pairs.
+    A stratum whose share would reach its number of pairs is enumerated instead (as
+    shapiq's KernelSHAP does), and the shares are recomputed over the rest; what is left
+    is split by largest remainder, so the budget is spent to the last pair.
+    """
+    sizes = list(range(1, n // 2 + 1))
+    share = {s: 1.0 if 2 * s == n else 2.0 for s in sizes}
+    enumerated: list[int] = []
+    remaining = pairs
+    changed = True
+    while changed:
+        changed = False
+        sampled = [s for s in sizes if s not in enumerated]
+        total = sum(share[s] for s in sampled)
+        for s in sampled:
+            if remaining * share[s] / total >= _stratum_pairs(n, s):
+                enumerated.append(s)
+                remaining -= _stratum_pairs(n, s)
+                changed = True
+                break
+    sampled = [s for s in sizes if s not in enumerated]
+    if not sampled:
+        return enumerated, {}
+    total = sum(share[s] for s in sampled)
+    exact = {s: remaining * share[s] / total for s in sampled}
+    counts = {s: int(exact[s]) for s in sampled}
+    for s in sorted(sampled, key=lambda s: counts[s] - exact[s])[: remaining - sum(counts.values())]:
+        counts[s] += 1
+    return enumerated, counts
+
+
+class _StratumSampler:
+    """Distinct coalitions of one stratum in random order, one per pair, drawn as needed.
+
+    For size n/2 a pair's two halves are the same size, so the half containing player 0
+    stands for the pair. Small strata are listed once and shuffled (exhausting one is
+    enumerating it); large ones are drawn by rejection. Lazy, so a huge budget costs no
+    up-front work and cancellation is checked between batches.
+    """
+
+    def __init__(self, n: int, size: int, rng: np.random.Generator) -> None:
+        self.n, self.size, self.rng = n, size, rng
+        self.half = 2 * size == n
+        self.total = _stratum_pairs(n, size)
+        self.listed: list[tuple[int, ...]] | None = None
+        self.seen: set[bytes] = set()
+        self.drawn = 0
+
+    def draw(self, count: int) -> np.ndarray:
+        members = np.zeros((count, self.n), dtype=bool)
+        if self.total <= ENUMERABLE:
+            if self.listed is None:
+                if self.half:
+                    listed = [(0, *rest) for rest in itertools.combinations(range(1, self.n), self.size - 1)]
+                else:
+                    listed = list(itertools.combinations(range(self.n), self.size))
+                self.listed = [listed[i] for i in self.rng.permutation(len(listed))]
+            for row, players in enumerate(self.listed[self.drawn : self.drawn + count]):
+                members[row, list(players)] = True
+        else:
+            row = 0
+            while row < count:
+                members[row, self.rng.choice(self.n, size=self.size, replace=False)] = True
+                if self.half and not members[row, 0]:
+                    members[row] = ~members[row]
+                key = np.packbits(members[row]).tobytes()
+                if key in self.seen:
+                    members[row] = False
+                    continue
+                self.seen.add(key)
+                row += 1
+        self.drawn += count
+        return members
+
+
+def one_player(game: MemoisedGame, context: Context, start: int, name: str) -> Estimate:
+    """A one-player game's exact value, v(N) - v(empty): nothing to sample or fit."""
+    ends = game.evaluate(np.array([[False], [True]]), [context, context])
+    values = ends[1:] - ends[:1]
+    return Estimate(values, np.zeros_like(values), game.evaluations - start, name)
 
 
 @dataclass
@@ -108,3 +205,51 @@ def all_pairs_of(n: int, size: int) -> np.ndarray:
     for row, players in enumerate(listed):
         members[row, list(players)] = True
     return members
+
+
+class PairedDesign(Sampler):
+    """Base of the estimators fitted to this design: they differ only in `fit` (and what they add to extras).
+
+    Games with outer contexts (Owen subgames) draw a context per sample group, which
+    strata enumeration cannot serve: those go to `kernel` (the result's `method` says
+    so). A one-player game is exact. Otherwise the fit is redone after every batch,
+    for progress reports and to stop at `target_stderr`.
+    """
+
+    def attribute(
+        self,
+        game: MemoisedGame,
+        budget: int,
+        rng: np.random.Generator,
+        target_stderr: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Estimate:
+        support = game.context_support(limit=1)
+        if support is None or len(support) != 1:
+            return Kernel().attribute(game, budget, rng, target_stderr, progress)
+        context = support[0][0]
+        start = check_inputs(game, budget)
+        if game.n_players == 1:
+            return one_player(game, context, start, self.name)
+        state = self.prepare(game.n_players, rng)
+        for data in paired_batches(game, budget, rng, context):
+            values, stderr = self.fit(data, state)
+            report(progress, game.evaluations - start, budget, values, stderr)
+            if done(stderr, target_stderr, len(data.strata)):
+                break
+        return Estimate(
+            values, stderr, game.evaluations - start, self.name,
+            samples=len(data.strata), extras={"enumerated_sizes": data.enumerated, **self.extras(data, state)},
+        )
+
+    def prepare(self, n: int, rng: np.random.Generator) -> object:
+        """Anything the fit needs drawn before the pairs (e.g. reference pairs); None by default."""
+        return None
+
+    def fit(self, data: PairedSample, state: object) -> tuple[np.ndarray, np.ndarray]:
+        """Values and standard errors (n, k) from the pairs so far."""
+        raise NotImplementedError
+
+    def extras(self, data: PairedSample, state: object) -> dict:
+        """What the result reports besides the enumerated sizes."""
+        return {}

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from longshap.hierarchy.estimators._paired import PairedSample, kernel_weight, paired_batches, stratum_size
-from longshap.hierarchy.estimators._stats import check_inputs, constrained_least_squares, done, report, student_scale
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampler, register
-from longshap.hierarchy.estimators.kernel import Kernel
-from longshap.hierarchy.games import MemoisedGame
+from longshap.hierarchy.estimators._paired import PairedDesign, PairedSample, kernel_weight, stratum_size
+from longshap.hierarchy.estimators._stats import constrained_least_squares, student_scale
+from longshap.hierarchy.estimators.base import register
 
 INTERACTIONS_UP_TO = 64
 """Players up to which the pairwise (even) block is fitted too and its interactions returned in extras."""
@@ -83,7 +81,7 @@ def _fit(data: PairedSample, interactions: bool) -> tuple[np.ndarray, np.ndarray
 
 
 @register("kadd")
-class KAdditive(Sampler):
+class KAdditive(PairedDesign):
     """Shapley values of a 2-additive game fitted by Shapley-kernel weighted least squares (kADD-SHAP).
 
     Coalitions are Leverage SHAP's distinct pairs (an equal share per coalition size,
@@ -99,33 +97,11 @@ class KAdditive(Sampler):
     Budget and batches as `leverage`: 2 + 2 * pairs evaluations, at least one pair.
     """
 
-    def attribute(
-        self,
-        game: MemoisedGame,
-        budget: int,
-        rng: np.random.Generator,
-        target_stderr: float | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> Estimate:
-        support = game.context_support(limit=1)
-        if support is None or len(support) != 1:
-            return Kernel().attribute(game, budget, rng, target_stderr, progress)
-        context = support[0][0]
-        start = check_inputs(game, budget)
-        n = game.n_players
-        if n == 1:
-            ends = game.evaluate(np.array([[False], [True]]), [context, context])
-            values = ends[1:] - ends[:1]
-            return Estimate(values, np.zeros_like(values), game.evaluations - start, self.name)
-        matrix = None
-        for data in paired_batches(game, budget, rng, context):
-            values, stderr, _ = _fit(data, interactions=False)
-            report(progress, game.evaluations - start, budget, values, stderr)
-            if done(stderr, target_stderr, len(data.strata)):
-                break
-        if n <= INTERACTIONS_UP_TO:
-            _, _, matrix = _fit(data, interactions=True)
-        extras: dict[str, object] = {"enumerated_sizes": data.enumerated}
-        if matrix is not None:
-            extras["interactions"] = matrix
-        return Estimate(values, stderr, game.evaluations - start, self.name, samples=len(data.strata), extras=extras)
+    def fit(self, data: PairedSample, state: object) -> tuple[np.ndarray, np.ndarray]:
+        values, stderr, _ = _fit(data, interactions=False)
+        return values, stderr
+
+    def extras(self, data: PairedSample, state: object) -> dict:
+        if data.n > INTERACTIONS_UP_TO:
+            return {}
+        return {"interactions": _fit(data, interactions=True)[2]}

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from longshap.hierarchy.estimators._paired import PairedSample, all_pairs_of, kernel_weight, paired_batches, stratum_size
-from longshap.hierarchy.estimators._stats import check_inputs, done, report, student_scale
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampler, register
-from longshap.hierarchy.estimators.kernel import Kernel
-from longshap.hierarchy.games import MemoisedGame
+from longshap.hierarchy.estimators._paired import PairedDesign, PairedSample, all_pairs_of, kernel_weight, stratum_size
+from longshap.hierarchy.estimators._stats import student_scale
+from longshap.hierarchy.estimators.base import register
 
 FOLDS = 4
 """Most cross-fitting folds: the surrogate for one fold's residuals is fitted on the others.
@@ -227,7 +225,7 @@ def _estimate(data: PairedSample, reference: _ReferencePairs) -> tuple[np.ndarra
 
 
 @register("regression_adjusted")
-class RegressionAdjusted(Sampler):
+class RegressionAdjusted(PairedDesign):
     """Shapley values by cross-fitted regression-adjusted Monte Carlo over distinct paired strata.
 
     Sampling is Leverage SHAP's (distinct pairs, an equal share per coalition size,
@@ -245,31 +243,12 @@ class RegressionAdjusted(Sampler):
     Budget and batches as `leverage`: 2 + 2 * pairs evaluations, at least one pair.
     """
 
-    def attribute(
-        self,
-        game: MemoisedGame,
-        budget: int,
-        rng: np.random.Generator,
-        target_stderr: float | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> Estimate:
-        support = game.context_support(limit=1)
-        if support is None or len(support) != 1:
-            return Kernel().attribute(game, budget, rng, target_stderr, progress)
-        context = support[0][0]
-        start = check_inputs(game, budget)
-        n = game.n_players
-        if n == 1:
-            ends = game.evaluate(np.array([[False], [True]]), [context, context])
-            values = ends[1:] - ends[:1]
-            return Estimate(values, np.zeros_like(values), game.evaluations - start, self.name)
-        reference = _ReferencePairs(n, rng)
-        for data in paired_batches(game, budget, rng, context):
-            values, stderr = _estimate(data, reference)
-            report(progress, game.evaluations - start, budget, values, stderr)
-            if done(stderr, target_stderr, len(data.strata)):
-                break
-        return Estimate(
-            values, stderr, game.evaluations - start, self.name,
-            samples=len(data.strata), extras={"enumerated_sizes": data.enumerated, "folds": FOLDS},
-        )
+    def prepare(self, n: int, rng: np.random.Generator) -> "_ReferencePairs":
+        return _ReferencePairs(n, rng)
+
+    def fit(self, data: PairedSample, state: object) -> tuple[np.ndarray, np.ndarray]:
+        assert isinstance(state, _ReferencePairs)
+        return _estimate(data, state)
+
+    def extras(self, data: PairedSample, state: object) -> dict:
+        return {"folds": FOLDS}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from longshap.hierarchy.estimators import estimate
-from longshap.hierarchy.estimators.leverage import _plan, _stratum_pairs
+from longshap.hierarchy.estimators._paired import _plan, _stratum_pairs
 from synthetic_games import ContextGame, Counting, Interaction, reference_shapley, voting
 
 CUBIC = Interaction(10, seed=31, cubic=0.5)
