@@ -49,32 +49,40 @@ def stack_padded(samples: Sequence[np.ndarray]) -> np.ndarray:
 
 
 class RunningMoments:
-    """Welford mean and standard error of iid (n, k) samples whose k may grow.
+    """Welford mean, M2 and sample range of iid (n, k) samples whose k may grow, with per-player counts.
 
     Constant work per sample, so long runs on cheap, fully memoised games stay linear.
+    A sample may cover only some players (`rows`): counts then differ between players
+    (permutation's partial pair). Columns added later are 0 in earlier samples.
     """
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.mean = np.zeros((0, 0))
-        self.m2 = np.zeros((0, 0))
+    def __init__(self, n: int) -> None:
+        self.count = np.zeros((n, 1))
+        self.mean, self.m2, self.low, self.high = (np.zeros((n, 0)) for _ in range(4))
 
-    def add(self, sample: np.ndarray) -> None:
+    def add(self, sample: np.ndarray, rows: np.ndarray | None = None) -> None:
         width = max(sample.shape[-1], self.mean.shape[-1])
         sample = pad_to(sample, width)
-        if self.count == 0:
-            self.mean, self.m2 = np.zeros_like(sample), np.zeros_like(sample)
-        self.mean, self.m2 = pad_to(self.mean, width), pad_to(self.m2, width)
-        self.count += 1
-        delta = sample - self.mean
-        self.mean = self.mean + delta / self.count
-        self.m2 = self.m2 + delta * (sample - self.mean)
+        self.mean, self.m2, self.low, self.high = (pad_to(a, width) for a in (self.mean, self.m2, self.low, self.high))
+        rows = np.ones(len(sample), dtype=bool) if rows is None else rows
+        first = rows & (self.count[:, 0] == 0)
+        self.low[first], self.high[first] = sample[first], sample[first]
+        self.count[rows] += 1
+        delta = sample[rows] - self.mean[rows]
+        self.mean[rows] += delta / self.count[rows]
+        self.m2[rows] += delta * (sample[rows] - self.mean[rows])
+        self.low[rows] = np.minimum(self.low[rows], sample[rows])
+        self.high[rows] = np.maximum(self.high[rows], sample[rows])
+
+    @property
+    def samples(self) -> int:
+        """Samples every player has."""
+        return int(self.count.min())
 
     def stderr(self) -> np.ndarray:
         """Standard error of the mean (ddof=1); inf for a single sample, which says nothing about spread."""
-        if self.count < 2:
-            return np.full_like(self.mean, np.inf)
-        return np.sqrt(self.m2 / (self.count - 1) / self.count)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.count < 2, np.inf, np.sqrt(self.m2 / (self.count - 1) / self.count))
 
 
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
@@ -179,7 +187,7 @@ def average_over_contexts(
     )
     results: list[np.ndarray] = []
     weights: list[float] = []
-    moments = RunningMoments()
+    moments = RunningMoments(game.n_players)
     for context, weight in plan:
         results.append(attribute_in(context))
         if support is not None:
@@ -188,7 +196,7 @@ def average_over_contexts(
             stderr = np.zeros_like(values) if len(results) == len(support) else np.full_like(values, np.inf)
         else:
             moments.add(results[-1])
-            values, stderr = moments.mean, moments.stderr()
+            values, stderr = moments.mean.copy(), moments.stderr()  # a snapshot: later samples update the moments in place
         report(progress, game.evaluations - start, budget, values, stderr)
         if not enumerated and done(stderr, target_stderr, len(results)):
             break

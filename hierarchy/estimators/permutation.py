@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from longshap.hierarchy.estimators._stats import MIN_GROUPS, check_inputs, done, max_groups, report, student_scale
+from longshap.hierarchy.estimators._stats import MIN_GROUPS, RunningMoments, check_inputs, done, max_groups, report, student_scale
 from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampler, register
 from longshap.hierarchy.games import Context, MemoisedGame, pad_to
 
@@ -13,37 +13,7 @@ PRIOR_PAIRS = 2
 POOLED_DOF = 2
 
 
-class _PlayerMoments:
-    """Welford mean and M2 per player, plus each player's sample range, with per-player counts.
-
-    Counts differ between players once a partial pair (see `Permutation`) adds one sample to
-    some of them only. Columns (outputs) may grow between samples; earlier samples are 0 there.
-    """
-
-    def __init__(self, n: int) -> None:
-        self.count = np.zeros((n, 1))
-        self.mean, self.m2, self.low, self.high = (np.zeros((n, 0)) for _ in range(4))
-
-    def add(self, sample: np.ndarray, rows: np.ndarray | None = None) -> None:
-        width = max(sample.shape[-1], self.mean.shape[-1])
-        sample = pad_to(sample, width)
-        self.mean, self.m2, self.low, self.high = (pad_to(a, width) for a in (self.mean, self.m2, self.low, self.high))
-        rows = np.ones(len(sample), dtype=bool) if rows is None else rows
-        first = rows & (self.count[:, 0] == 0)
-        self.low[first], self.high[first] = sample[first], sample[first]
-        self.count[rows] += 1
-        delta = sample[rows] - self.mean[rows]
-        self.mean[rows] += delta / self.count[rows]
-        self.m2[rows] += delta * (sample[rows] - self.mean[rows])
-        self.low[rows] = np.minimum(self.low[rows], sample[rows])
-        self.high[rows] = np.maximum(self.high[rows], sample[rows])
-
-    @property
-    def pairs(self) -> int:
-        return int(self.count.min())
-
-
-def _stderr(moments: _PlayerMoments) -> np.ndarray:
+def _stderr(moments: RunningMoments) -> np.ndarray:
     """Per-player standard error, each player's samples padded with PRIOR_PAIRS pseudo-samples.
 
     The pseudo-samples lie at mean +- R/2, where R is the typical size of a swing: the
@@ -150,15 +120,15 @@ class Permutation(Sampler):
         start = check_inputs(game, budget)
         n = game.n_players
         steps = np.arange(n + 1)
-        moments = _PlayerMoments(n)
+        moments = RunningMoments(n)
         cap = max_groups(budget, 2 * n)
         spent = 0
         while True:
             # As many pairs per call as the budget surely affords: a model scorer is
             # fastest on big batches, and the statistics do not depend on the grouping.
-            pairs = int(np.clip((budget - spent) // (2 * n), 1, min(MAX_PAIRS_PER_CALL, cap - moments.pairs)))
+            pairs = int(np.clip((budget - spent) // (2 * n), 1, min(MAX_PAIRS_PER_CALL, cap - moments.samples)))
             if target_stderr is not None:  # stop close to the target: the minimum groups first, then doubling
-                pairs = min(pairs, max(MIN_GROUPS - moments.pairs, moments.pairs))
+                pairs = min(pairs, max(MIN_GROUPS - moments.samples, moments.samples))
             contexts: list[Context] = []
             orders = [rng.permutation(n) for _ in range(pairs)]
             for _ in range(pairs):
@@ -166,22 +136,22 @@ class Permutation(Sampler):
             chains = game.evaluate(np.vstack([_pair_rows(positions, steps) for positions in orders]), contexts)
             for positions, chain in zip(orders, np.split(chains, pairs)):
                 moments.add(_pair_sample(chain, positions, steps))
-            values, stderr = moments.mean, _stderr(moments)
+            values, stderr = moments.mean.copy(), _stderr(moments)  # a snapshot: later samples update the moments in place
             spent = game.evaluations - start
             report(progress, spent, budget, values, stderr)
-            if done(stderr, target_stderr, moments.pairs):
+            if done(stderr, target_stderr, moments.samples):
                 break
-            if spent + 2 * n > budget or moments.pairs >= cap:
+            if spent + 2 * n > budget or moments.samples >= cap:
                 window = min((budget - spent) // 2 - 1, n - 1)
-                if window >= 1 and moments.pairs < cap:
+                if window >= 1 and moments.samples < cap:
                     values, stderr = self._partial_pair(game, rng, moments, window)
                     spent = game.evaluations - start
                     report(progress, spent, budget, values, stderr)
                 break
-        return Estimate(values, stderr, spent, self.name, samples=moments.pairs, extras={"permutations": 2 * moments.pairs})
+        return Estimate(values, stderr, spent, self.name, samples=moments.samples, extras={"permutations": 2 * moments.samples})
 
     @staticmethod
-    def _partial_pair(game: MemoisedGame, rng: np.random.Generator, moments: _PlayerMoments, window: int) -> tuple[np.ndarray, np.ndarray]:
+    def _partial_pair(game: MemoisedGame, rng: np.random.Generator, moments: RunningMoments, window: int) -> tuple[np.ndarray, np.ndarray]:
         """One more pair over `window` consecutive positions (wrapping) from a uniform start; see the class doc."""
         n = game.n_players
         context = game.sample_context(rng)
