@@ -22,7 +22,7 @@ decision that more sampling would flip.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from math import ceil
 from statistics import NormalDist
@@ -65,8 +65,8 @@ class Pooled:
     weight: float = 0.0
     rounds: int = 0
     evaluations: int = 0
-    method: str = ""
-    """The estimators that ran the rounds, joined by '+' (auto names its choice)."""
+    methods: list[str] = field(default_factory=list)
+    """The estimator of each round (auto names its choice)."""
 
     def add(self, estimate: Estimate, evaluations: int) -> None:
         values, stderr = np.atleast_2d(estimate.values.T).T, np.atleast_2d(estimate.stderr.T).T
@@ -79,7 +79,12 @@ class Pooled:
         self.weight += w
         self.rounds += 1
         self.evaluations += evaluations
-        self.method = "+".join(dict.fromkeys([*filter(None, self.method.split("+")), estimate.method]))
+        self.methods.append(estimate.method)
+
+    @property
+    def method(self) -> str:
+        """The estimators that ran the rounds, each once, joined by '+'."""
+        return "+".join(dict.fromkeys(self.methods))
 
     @property
     def values(self) -> np.ndarray:
