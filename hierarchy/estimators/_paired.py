@@ -1,4 +1,4 @@
-"""Leverage SHAP's sampling design, shared by the estimators that fit other models to it.
+"""Leverage SHAP's sampling design, shared by `leverage` and the estimators that fit other models to it.
 
 Distinct pairs (S, complement) stratified by min(|S|, n - |S|), an equal share of the
 budget per coalition size, small strata enumerated whole (see `_plan`). The
@@ -24,7 +24,7 @@ ENUMERABLE = 50_000
 """Strata with at most this many pairs are sampled from an explicit list; larger ones by rejection."""
 
 
-def _stratum_pairs(n: int, size: int) -> int:
+def stratum_size(n: int, size: int) -> int:
     """Distinct pairs {S, complement} with min(|S|, n - |S|) = size."""
     return comb(n, size) // 2 if 2 * size == n else comb(n, size)
 
@@ -48,9 +48,9 @@ def _plan(n: int, pairs: int) -> tuple[list[int], dict[int, int]]:
         sampled = [s for s in sizes if s not in enumerated]
         total = sum(share[s] for s in sampled)
         for s in sampled:
-            if remaining * share[s] / total >= _stratum_pairs(n, s):
+            if remaining * share[s] / total >= stratum_size(n, s):
                 enumerated.append(s)
-                remaining -= _stratum_pairs(n, s)
+                remaining -= stratum_size(n, s)
                 changed = True
                 break
     sampled = [s for s in sizes if s not in enumerated]
@@ -76,7 +76,7 @@ class _StratumSampler:
     def __init__(self, n: int, size: int, rng: np.random.Generator) -> None:
         self.n, self.size, self.rng = n, size, rng
         self.half = 2 * size == n
-        self.total = _stratum_pairs(n, size)
+        self.total = stratum_size(n, size)
         self.listed: list[tuple[int, ...]] | None = None
         self.seen: set[bytes] = set()
         self.drawn = 0
@@ -141,11 +141,6 @@ class PairedSample:
         return [s for s in range(1, self.n // 2 + 1) if s not in self.complete]
 
 
-def stratum_size(n: int, size: int) -> int:
-    """Number of pairs in a stratum (re-exported for the estimators built on this design)."""
-    return _stratum_pairs(n, size)
-
-
 def kernel_weight(n: int, size: int) -> float:
     """Shapley-kernel weight of a whole stratum of pairs (sizes s and n - s together)."""
     return (n - 1) / (size * (n - size)) * (1 if 2 * size == n else 2)
@@ -161,7 +156,7 @@ def paired_batches(game: MemoisedGame, budget: int, rng: np.random.Generator, co
     empty, total = ends[0], ends[1] - ends[0]
     enumerated, counts = _plan(n, max(1, (budget - 2) // 2))
     samplers = {s: _StratumSampler(n, s, rng) for s in [*enumerated, *counts]}
-    first = rng.permutation(np.repeat(enumerated, [_stratum_pairs(n, s) for s in enumerated]).astype(int))
+    first = rng.permutation(np.repeat(enumerated, [stratum_size(n, s) for s in enumerated]).astype(int))
     later = rng.permutation(np.repeat(list(counts), list(counts.values())).astype(int))
     queue = np.concatenate([first, later])
     member_blocks: list[np.ndarray] = []

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from longshap.hierarchy.estimators._paired import PairedDesign, PairedSample, _stratum_pairs
+from longshap.hierarchy.estimators._paired import PairedDesign, PairedSample, kernel_weight, stratum_size
 from longshap.hierarchy.estimators._stats import (
     constrained_least_squares,
     student_scale,
 )
 from longshap.hierarchy.estimators.base import register
+
 
 def _fit(
     n: int, members: np.ndarray, strata: np.ndarray, complete: set[int], targets: np.ndarray, complements: np.ndarray, total: np.ndarray
@@ -29,7 +30,7 @@ def _fit(
     outside = 1.0 - inside
     present = np.unique(strata)
     count = {s: int(np.sum(strata == s)) for s in present}
-    kernel = {s: (n - 1) / (s * (n - s)) * (1 if 2 * s == n else 2) for s in present}
+    kernel = {s: kernel_weight(n, s) for s in present}
     weights = np.array([kernel[s] / count[s] for s in strata])[:, None]
     gram = (inside.T @ (weights * inside) + outside.T @ (weights * outside)) / 2
     moment = (inside.T @ (weights * targets) + outside.T @ (weights * complements)) / 2
@@ -48,7 +49,7 @@ def _fit(
     variance = np.zeros_like(values)
     for s in sampled:
         rows = influence[strata == s]
-        kept = 1 - count[s] / _stratum_pairs(n, s)
+        kept = 1 - count[s] / stratum_size(n, s)
         variance += kernel[s] ** 2 * kept * rows.var(axis=0, ddof=1) / count[s]
     return values, np.sqrt(variance * pairs / dof) * student_scale(dof)
 

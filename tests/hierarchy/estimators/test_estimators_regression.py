@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from longshap.hierarchy.estimators import estimate
-from longshap.hierarchy.estimators._paired import _plan, _stratum_pairs
+from longshap.hierarchy.estimators._paired import _plan, stratum_size
 from synthetic_games import ContextGame, Counting, Interaction, reference_shapley, voting
 
 CUBIC = Interaction(10, seed=31, cubic=0.5)
@@ -28,9 +28,9 @@ def test_leverage_matches_bruteforce_on_a_voting_game_when_enumerated():
 @pytest.mark.parametrize("n, pairs", [(10, 9), (10, 40), (10, 200), (16, 400), (40, 1000)])
 def test_leverage_plan_spends_every_pair_on_distinct_coalitions(n, pairs):
     enumerated, counts = _plan(n, pairs)
-    planned = sum(_stratum_pairs(n, s) for s in enumerated) + sum(counts.values())
+    planned = sum(stratum_size(n, s) for s in enumerated) + sum(counts.values())
     assert planned == min(pairs, 2 ** (n - 1) - 1)
-    assert all(counts[s] < _stratum_pairs(n, s) for s in counts)
+    assert all(counts[s] < stratum_size(n, s) for s in counts)
     if n == 10 and pairs == 200:
         assert 1 in enumerated  # leave-one-out and leave-one-in: 10 pairs, enumerated first
 
