@@ -39,12 +39,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_model_dir(path: Path, architecture: str = "llama", seed: int = 0) -> Path:
+def build_tiny_model_dir(path: Path, architecture: str = "llama", seed: int = 0, hidden_size: int = 32) -> Path:
     """Write a tiny `architecture` ('llama' or 'gemma3') model and its tokenizer to `path`."""
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )

@@ -162,18 +162,9 @@ def test_default_model_gradients_explain_the_same_values(default_explainer):
 @pytest.fixture(scope="module")
 def wide_llama_dir(tmp_path_factory):
     """bitsandbytes' CPU 4-bit path needs layers wider than the tiny models' 32."""
-    from tiny_models import build_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_models import build_tiny_model_dir
 
-    path, tokenizer = tmp_path_factory.mktemp("wide-llama"), build_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_tiny_model_dir(tmp_path_factory.mktemp("wide-llama"), hidden_size=128)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")

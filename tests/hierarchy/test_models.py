@@ -7,12 +7,11 @@ import logging
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from longshap.hierarchy import models
 from longshap.hierarchy.models import DEFAULT_MODEL, attention_implementation, load_model, resolve_model_dir
 from longshap.hierarchy.scorer import ModelScorer
-from tiny_models import build_tokenizer
+from tiny_models import build_tiny_model_dir, build_tokenizer
 
 PROMPTS = ["Paris is the capital of", "Question: What is the capital of France?\nAnswer:"]
 
@@ -89,16 +88,7 @@ def test_quantization_without_bitsandbytes_is_a_clear_error(monkeypatch, tiny_ll
 @pytest.fixture(scope="module")
 def tiny_wide_dir(tmp_path_factory):
     """A tiny Llama 64 wide: bitsandbytes' CPU 4-bit kernel needs in_features >= its block size (64)."""
-    path = tmp_path_factory.mktemp("tiny-llama-64")
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama-64"), hidden_size=64)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
