@@ -109,10 +109,11 @@ def run_shapiq(make, n: int, value_fn, budget: int, seed: int) -> tuple[np.ndarr
 def main() -> None:
     cli = parser(__doc__.splitlines()[0])
     cli.add_argument("--coverage-seeds", type=int, default=None, help="seeds for LongSHAP's coverage (default 40, --quick 10)")
+    cli.add_argument("--multiples", type=int, nargs="+", default=None, help="budgets as multiples of n (default 2 5 10 20 50, --quick 2 5 20)")
     args = cli.parse_args()
     seeds = range(3 if args.quick else 10)
     coverage_seeds = range(max(len(seeds), args.coverage_seeds or (10 if args.quick else 40)))
-    multiples = (2, 5, 20) if args.quick else MULTIPLES
+    multiples = tuple(args.multiples or ((2, 5, 20) if args.quick else MULTIPLES))
     games = make_games(np.random.default_rng(2025))
     truths = {name: exact_values(n, fn) for name, (n, fn) in games.items()}
     errors: dict[tuple[str, int], list[float]] = {}  # (method, multiple) -> per-game mean error

@@ -27,10 +27,11 @@ def choose(game: MemoisedGame, budget: int) -> str:
     at 3.5n, 13% at 3.75n) and reports a finite standard error for every player, where
     permutations still leave the players outside the partial pair at inf; from 5n up it
     was the most accurate LongSHAP estimator until `regression_adjusted` (a cross-fitted
-    surrogate plus Monte Carlo on its residual) overtook it: its error over leverage's,
-    geometric mean over the five non-trivial games at 20 seeds, is 3.3 at 4n (too few
-    pairs to fit and cross-check), 0.92 at 5n but 1.3 on one game, 0.79 at 6n (worst
-    game 1.18), 0.74 at 8n and 0.69 at 10n. Games with outer contexts (Owen subgames)
+    surrogate plus Monte Carlo on its residual) overtook it: its error over leverage's
+    (`python -m bench.estimators_vs_shapiq --multiples 4 5 6 8 10`, geometric mean over
+    the six games, 10 seeds) is 8.8 at 4n (too few pairs to fit and cross-check), 0.95
+    at 5n but 1.27 on the third-order game, 0.91 at 6n, 0.81 at 8n and 0.83 at 10n.
+    Games with outer contexts (Owen subgames)
     switch at 4n instead, to `kernel`, which draws a context per group of pairs and treats contexts as
     clusters (leverage would hand them to it anyway). Below 4n a regression has fewer
     pairs than players and cannot tell the values apart: on the demo's word level (24
