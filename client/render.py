@@ -114,6 +114,8 @@ def terminal_level(level, colour: bool, top: int = 8) -> str:
             text = _ansi(*shade(feature.value, scale), text)
         mark = "▶" if feature.expanded else " "
         lines.append(f"  {mark} {feature.id:<10} {feature.value:+9.4f} ± {_stderr(feature.stderr)}  {text}")
+    if level.unsettled:
+        lines.append(f"  not settled within the budget (rank or expansion): {', '.join(level.unsettled)}")
     return "\n".join(lines)
 
 

@@ -283,6 +283,9 @@ class Explainer:
 
             values = pad_columns(level_values)
             stderr = pad_columns(level_stderr)
+            unsettled = None
+            if run.allocation is not None and run.gradients is None:
+                unsettled = [unit for unit, flag in zip(order, self._unsettled_units(run, level, last, values, stderr)) if flag]
             # Unsigned saliency is not in the value's units: its threshold is a share of the level's total saliency.
             reference = (values.sum(axis=0), np.zeros(values.shape[1])) if options.method in UNSIGNED_METHODS else (run.full_value, run.empty_value)
             expanded = set() if last else self._choose_expansions(
@@ -297,7 +300,7 @@ class Explainer:
                 level, features, evaluations, options.thresholds[level], "+".join(dict.fromkeys(name for names in used for name in names.split("+"))),
                 round(time.perf_counter() - level_started, 3),
                 forward_tokens=self.scorer.stats.forward_tokens - tokens_before[0],
-                reused_tokens=self.scorer.stats.reused_tokens - tokens_before[1],
+                reused_tokens=self.scorer.stats.reused_tokens - tokens_before[1], unsettled=unsettled,
             )
             results.append(result_level)
             yield LevelEvent(result_level)
@@ -307,21 +310,23 @@ class Explainer:
 
         yield DoneEvent(self._explanation(run, results))
 
-    def _unsettled_games(self, run: _Run, level: str, last: bool, groups) -> Callable[[list[Pooled]], list[bool]]:
-        """The adaptive stopping rule: which games still hold a unit whose expansion or top-k rank is unsettled."""
-        sizes = [len(children) for _, children in groups]
-        bounds = np.cumsum([0, *sizes])
+    def _unsettled_units(self, run: _Run, level: str, last: bool, values: np.ndarray, stderr: np.ndarray) -> np.ndarray:
+        """The adaptive stopping rule, per unit: is its expansion decision or top-k rank still unsettled?"""
         allocation = run.allocation
         assert allocation is not None
+        importance = self._importance(values, stderr, (run.full_value, run.empty_value), run.value_fn)
+        if importance is None:  # no total effect: nothing is expanded and every value is noise around zero
+            return np.zeros(len(values), dtype=bool)
+        scores, score_stderr, scale = importance
+        threshold = None if last else run.request.thresholds[level] * scale
+        return unsettled_units(scores, score_stderr, threshold, run.request.max_expanded[level], allocation.z, INDIFFERENCE * scale)
+
+    def _unsettled_games(self, run: _Run, level: str, last: bool, groups) -> Callable[[list[Pooled]], list[bool]]:
+        """Which games still hold an unsettled unit (see `_unsettled_units`): only those get another round."""
+        bounds = np.cumsum([0, *(len(children) for _, children in groups)])
 
         def unsettled(pools: list[Pooled]) -> list[bool]:
-            values, stderr = pad_columns([p.values for p in pools]), pad_columns([p.stderr for p in pools])
-            importance = self._importance(values, stderr, (run.full_value, run.empty_value), run.value_fn)
-            if importance is None:  # no total effect: nothing is expanded and every value is noise around zero
-                return [False] * len(pools)
-            scores, score_stderr, scale = importance
-            threshold = None if last else run.request.thresholds[level] * scale
-            flags = unsettled_units(scores, score_stderr, threshold, run.request.max_expanded[level], allocation.z, INDIFFERENCE * scale)
+            flags = self._unsettled_units(run, level, last, pad_columns([p.values for p in pools]), pad_columns([p.stderr for p in pools]))
             return [bool(flags[start:end].any()) for start, end in zip(bounds[:-1], bounds[1:])]
 
         return unsettled

@@ -33,6 +33,9 @@ class Level:
     wall_seconds: float
     forward_tokens: int = 0
     reused_tokens: int = 0
+    unsettled: list[str] | None = None
+    """Adaptive runs: ids of units whose expansion decision or top-k rank the data could not settle
+    at the requested confidence before the budget ran out (empty: all settled). None otherwise."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -181,7 +181,7 @@ class ProgressEvent(_message.Message):
     def __init__(self, level: _Optional[str] = ..., evaluations: _Optional[int] = ..., planned_evaluations: _Optional[int] = ..., estimates: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ...) -> None: ...
 
 class Level(_message.Message):
-    __slots__ = ("level", "features", "evaluations", "threshold", "method", "wall_seconds", "expanded", "forward_tokens", "reused_tokens")
+    __slots__ = ("level", "features", "evaluations", "threshold", "method", "wall_seconds", "expanded", "forward_tokens", "reused_tokens", "unsettled")
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class Level(_message.Message):
     EXPANDED_FIELD_NUMBER: _ClassVar[int]
     FORWARD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REUSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNSETTLED_FIELD_NUMBER: _ClassVar[int]
     level: str
     features: _containers.RepeatedCompositeFieldContainer[Feature]
     evaluations: int
@@ -200,7 +201,8 @@ class Level(_message.Message):
     expanded: _containers.RepeatedScalarFieldContainer[str]
     forward_tokens: int
     reused_tokens: int
-    def __init__(self, level: _Optional[str] = ..., features: _Optional[_Iterable[_Union[Feature, _Mapping]]] = ..., evaluations: _Optional[int] = ..., threshold: _Optional[float] = ..., method: _Optional[str] = ..., wall_seconds: _Optional[float] = ..., expanded: _Optional[_Iterable[str]] = ..., forward_tokens: _Optional[int] = ..., reused_tokens: _Optional[int] = ...) -> None: ...
+    unsettled: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, level: _Optional[str] = ..., features: _Optional[_Iterable[_Union[Feature, _Mapping]]] = ..., evaluations: _Optional[int] = ..., threshold: _Optional[float] = ..., method: _Optional[str] = ..., wall_seconds: _Optional[float] = ..., expanded: _Optional[_Iterable[str]] = ..., forward_tokens: _Optional[int] = ..., reused_tokens: _Optional[int] = ..., unsettled: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LevelEvent(_message.Message):
     __slots__ = ("level",)

@@ -89,6 +89,7 @@ def event_to_proto(event: Any, request_id: str = "") -> pb.ExplainEvent:
             threshold=level.threshold, method=level.method, wall_seconds=level.wall_seconds,
             expanded=[f.id for f in level.features if f.expanded],
             forward_tokens=getattr(level, "forward_tokens", 0), reused_tokens=getattr(level, "reused_tokens", 0),
+            unsettled=level.unsettled or [],
         )))
     if event.kind == "done":
         result = event.explanation

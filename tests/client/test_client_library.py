@@ -5,6 +5,8 @@ import io
 
 from longshap.client.api import LongShapClient
 from longshap.client.cli import LiveView, progress_bar
+from longshap.client.render import terminal_level
+from longshap.hierarchy.results import LevelEvent
 from longshap.proto.wire import collect, event_to_proto
 from serving import DOCUMENTS, QUESTION, wait_until
 
@@ -40,3 +42,11 @@ def test_progress_bar_fills_with_evaluations():
     assert progress_bar("word", 0, 10, width=10) == "     word [..........] 0/10 evaluations"
     assert progress_bar("word", 5, 10, width=10) == "     word [#####.....] 5/10 evaluations"
     assert progress_bar("word", 12, 10, width=10).count("#") == 10
+
+
+def test_a_level_shows_the_units_adaptive_sampling_left_unsettled(tiny_explainer):
+    level = tiny_explainer.explain(text="a charming and often affecting journey", labels=["negative", "positive"], budget=30,
+                                   adaptive=True, confidence=0.999999).levels[0]
+    wire = event_to_proto(LevelEvent(level)).level.level
+    assert level.unsettled and list(wire.unsettled) == level.unsettled
+    assert f"not settled within the budget (rank or expansion): {', '.join(level.unsettled)}" in terminal_level(wire, colour=False)

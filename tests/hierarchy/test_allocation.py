@@ -130,6 +130,19 @@ def test_a_settled_level_stops_after_its_first_round(tiny_explainer):
     assert careful.levels[0].evaluations > 1.5 * quick.levels[0].evaluations
 
 
+def test_levels_name_the_units_left_unsettled(tiny_explainer):
+    """Adaptive levels report which decisions the budget could not settle; fixed runs make no such claim."""
+    request = {"text": "a charming and often affecting journey , unflinchingly bleak and desperate", "labels": ["negative", "positive"]}
+    fixed = tiny_explainer.explain(**request, budget=40)
+    settled = tiny_explainer.explain(**request, budget=40, adaptive=True, confidence=1e-9)
+    strict = tiny_explainer.explain(**request, budget=40, adaptive=True, confidence=0.999999)
+    assert fixed.levels[0].unsettled is None
+    assert settled.levels[0].unsettled == []
+    ids = [f.id for f in strict.levels[0].features]
+    assert strict.levels[0].unsettled and set(strict.levels[0].unsettled) <= set(ids)
+    assert strict.levels[0].unsettled == [i for i in ids if i in strict.levels[0].unsettled]  # in the level's order
+
+
 def test_total_budget_bounds_all_levels(tiny_explainer):
     result = tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", thresholds=0.0, total_budget=60)
     spent = sum(level.evaluations for level in result.levels)
