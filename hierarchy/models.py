@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,14 @@ def load_model(
     dtype: str = "float32",
     quantization: str | None = None,
     attn_implementation: str | None = None,
+    weights: bool = True,
 ) -> LoadedModel:
-    """Load a causal LM and tokenizer for scoring, from local files only."""
+    """Load a causal LM and tokenizer for scoring, from local files only.
+
+    `weights=False` builds the model on the meta device from its config: the tokenizer,
+    config and generation settings without the memory, for a process (the gRPC front of
+    Ray replicas) that only tokenises while others run the forward passes.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
     if quantization not in QUANTISATIONS:
@@ -129,8 +135,21 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     if not tokenizer.is_fast:
         raise ValueError(f"{directory} has no fast tokenizer; character offsets need one (tokenizer.json)")
+    name = str(model) if model is not None else DEFAULT_MODEL
+    if not weights:
+        return LoadedModel(name=name, model=_skeleton(directory, kwargs["attn_implementation"]), tokenizer=tokenizer)
     loaded = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **kwargs)
     if quantization is None:
         loaded.to(torch.device(device))  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
     loaded.eval()
-    return LoadedModel(name=str(model) if model is not None else DEFAULT_MODEL, model=loaded, tokenizer=tokenizer)
+    return LoadedModel(name=name, model=loaded, tokenizer=tokenizer)
+
+
+def _skeleton(directory: Path, attn_implementation: str) -> PreTrainedModel:
+    """The model's modules on the meta device (no weights), with its own generation config."""
+    config = AutoConfig.from_pretrained(directory, local_files_only=True, attn_implementation=attn_implementation)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    if (directory / "generation_config.json").exists():
+        skeleton.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
+    return skeleton.eval()

@@ -102,6 +102,9 @@ class ModelScorer:
         for module in self.model.modules():
             if type(module).__name__.endswith("DecoderLayer"):
                 module.register_forward_pre_hook(self._interrupt)
+        if self.device.type == "meta":
+            self.model.register_forward_pre_hook(_weightless, with_kwargs=True)
+            self.backbone.register_forward_pre_hook(_weightless, with_kwargs=True)
 
     def _interrupt(self, *_) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -591,6 +594,13 @@ class _RecordingCache(DynamicCache):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         self.recorded[layer_idx] = (key_states, value_states)
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
+def _weightless(module, args, kwargs) -> None:
+    raise RuntimeError(
+        f"{type(module).__name__} was loaded without weights (load_model(weights=False)): this process only tokenises; "
+        "its forward passes belong to the replicas"
+    )
 
 
 def check_continuations(continuations: Sequence[Sequence[int]]) -> None:

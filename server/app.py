@@ -60,8 +60,11 @@ class RunningServer:
             executor.close()
 
 
-def load_explainers(specs: Sequence[str]) -> dict:
-    """Load every configured model once (the first is the default)."""
+def load_explainers(specs: Sequence[str], weights: bool = True) -> dict:
+    """Load every configured model once (the first is the default).
+
+    Without `weights` (Ray mode: the replicas hold the models) only tokenizers and configs are loaded.
+    """
     from longshap.hierarchy import Explainer
 
     explainers = {}
@@ -70,7 +73,7 @@ def load_explainers(specs: Sequence[str]) -> dict:
         if name in explainers:
             raise ValueError(f"--model {spec!r}: the name {name!r} is used twice")
         log.info("loading model", extra={"fields": {"model": name, "path": path or "embedded"}})
-        explainers[name] = Explainer.from_pretrained(path)
+        explainers[name] = Explainer.from_pretrained(path, weights=weights)
     return explainers
 
 
@@ -289,7 +292,7 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     specs = args.model or [DEFAULT_MODEL]
     try:
         set_threads(args.threads)
-        explainers = load_explainers(specs)
+        explainers = load_explainers(specs, weights=not args.ray)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"longshap serve: cannot load a model: {error}", file=sys.stderr)
         return 1

@@ -28,6 +28,18 @@ def test_load_tiny_directory(tiny_llama_dir):
     assert resolve_model_dir(tiny_llama_dir) == tiny_llama_dir
 
 
+def test_a_weightless_load_tokenises_like_the_full_one_and_refuses_forward_passes(tiny_gemma_dir):
+    """The gRPC front of Ray replicas only tokenises: it must not hold a copy of the weights."""
+    full, bare = load_model(tiny_gemma_dir, device="cpu"), load_model(tiny_gemma_dir, device="cpu", weights=False)
+    assert all(p.device.type == "meta" for p in bare.model.parameters())
+    assert bare.model.config.to_dict() == full.model.config.to_dict()
+    full_scorer, bare_scorer = ModelScorer(full), ModelScorer(bare)
+    assert bare_scorer.stop_ids == full_scorer.stop_ids
+    assert [bare_scorer.encode_prompt(p) for p in PROMPTS] == [full_scorer.encode_prompt(p) for p in PROMPTS]
+    with pytest.raises(RuntimeError, match="loaded without weights"):
+        bare_scorer.continuation_logprobs(PROMPTS, [[5]])
+
+
 def test_load_tiny_gemma_in_bfloat16(tiny_gemma_dir):
     loaded = load_model(tiny_gemma_dir, device="cpu", dtype="bfloat16", attn_implementation="eager")
     assert loaded.model.config.model_type == "gemma3_text"

@@ -54,7 +54,9 @@ def test_server_on_replicas_equals_the_local_engine(backend, tiny_llama_dir, tin
 
     done_before = list(backend.chunks_done)
     server = ServerThread(
-        ServerConfig(port=0, limits=LIMITS, concurrency=2), {"tiny": Explainer.from_pretrained(str(tiny_llama_dir))}, {"tiny": backend}
+        ServerConfig(port=0, limits=LIMITS, concurrency=2),
+        {"tiny": Explainer.from_pretrained(str(tiny_llama_dir), weights=False)},  # as `longshap serve --ray`: the replicas hold the weights
+        {"tiny": backend},
     )
     with server, grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.ExplainerStub(channel)
