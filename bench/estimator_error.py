@@ -11,47 +11,24 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from itertools import permutations
-
 import numpy as np
 
 from longshap.hierarchy.estimators import estimate
-from longshap.hierarchy.estimators._stats import all_coalitions
+
+from bench.synthetic import Interaction
 
 N_PLAYERS = 10
 
 
-def interaction_game(n: int, seed: int, cubic: float):
-    """v(S) = sum a_i + sum_{i<j} b_ij + sum_{i<j<l} c_ijl over members of S, with random coefficients."""
-    rng = np.random.default_rng(seed)
-    a = rng.normal(size=n)
-    b = np.triu(rng.normal(size=(n, n)), 1)
-    c = rng.normal(size=(n, n, n)) * cubic
-    i, j, k = np.indices((n, n, n))
-    c[(i == j) | (j == k) | (i == k)] = 0.0
-    b, c = b + b.T, sum(np.transpose(c, axes) for axes in permutations(range(3)))
-
-    def value_fn(coalitions: np.ndarray) -> np.ndarray:
-        z = coalitions.astype(float)
-        return z @ a + np.einsum("mi,ij,mj->m", z, b, z) / 2 + np.einsum("mi,ijl,mj,ml->m", z, c, z, z, optimize=True) / 6
-
-    return value_fn
-
-
-def exact_targets(value_fn, n: int) -> dict[str, np.ndarray]:
-    """Exact Shapley, Banzhaf and leave-one-out values: each estimator's own target."""
-    coalitions = all_coalitions(n)
-    table = value_fn(coalitions)
-    rows = np.arange(2**n)
-    banzhaf = np.array([np.mean(table[rows[(rows >> i) & 1 == 0] | (1 << i)] - table[rows[(rows >> i) & 1 == 0]]) for i in range(n)])
-    loo = table[-1] - table[(2**n - 1) ^ (1 << np.arange(n))]
-    shapley = estimate(value_fn, n, "exact").values
-    return {"exact": shapley, "permutation": shapley, "kernel": shapley, "banzhaf": banzhaf, "loo": loo}
+def exact_targets(game: Interaction) -> dict[str, np.ndarray]:
+    """Exact Shapley, Banzhaf and leave-one-out values (closed form): each estimator's own target."""
+    shapley = game.shapley()
+    return {"exact": shapley, "permutation": shapley, "kernel": shapley, "banzhaf": game.banzhaf(), "loo": game.loo()}
 
 
 def run(budget: int, seeds: int, cubic: float) -> dict[str, dict[str, float]]:
-    value_fn = interaction_game(N_PLAYERS, seed=0, cubic=cubic)
-    targets = exact_targets(value_fn, N_PLAYERS)
+    value_fn = Interaction(N_PLAYERS, seed=0, cubic=cubic)
+    targets = exact_targets(value_fn)
     rows: dict[str, dict[str, float]] = {}
     for method in targets:
         shapley_error, own_error, stderr, evaluations, seconds, covered = [], [], [], [], [], []
@@ -68,7 +45,8 @@ def run(budget: int, seeds: int, cubic: float) -> dict[str, dict[str, float]]:
             "mae_shapley": float(np.mean(shapley_error)),
             "mae_own": float(np.mean(own_error)),
             "mean_stderr": float(np.mean(stderr)),
-            "coverage": float(np.mean(covered)),
+            # An exact method (zero stderr) claims no interval: coverage does not apply.
+            "coverage": float(np.mean(covered)) if np.any(np.array(stderr) > 0) else float("nan"),
             "evaluations": float(np.mean(evaluations)),
             "ms": 1000 * float(np.mean(seconds)),
         }
@@ -89,7 +67,7 @@ def main() -> None:
     for method, row in rows.items():
         print(
             f"{method:<12}{row['mae_shapley']:>16.4f}{row['mae_own']:>12.4f}"
-            f"{row['mean_stderr']:>13.4f}{row['coverage']:>10.3f}{row['evaluations']:>8.0f}{row['ms']:>9.1f}"
+            f"{row['mean_stderr']:>13.4f}{'—' if np.isnan(row['coverage']) else format(row['coverage'], '.3f'):>10}{row['evaluations']:>8.0f}{row['ms']:>9.1f}"
         )
     if args.json:
         with open(args.json, "w") as handle:
