@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Collection, Mapping
+from typing import Collection, Mapping, Sequence
 
 from longshap.hierarchy.errors import RequestError
 from longshap.hierarchy.segmentation import Document, FeatureTree, covers_text, render_document
@@ -45,13 +45,11 @@ class QAPrompt:
     placeholder: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.question or not self.question.strip():
-            raise ValueError("question: must be a non-empty string")
+        check_text(self.question, "question")
         if not self.documents:
-            raise ValueError("documents: at least one document is required")
+            raise RequestError("documents", "at least one document is required")
         for index, doc in enumerate(self.documents):
-            if not doc.text.strip():
-                raise ValueError(f"documents[{index}].text: must be non-empty")
+            check_text(doc.text, f"documents[{index}].text")
 
     def render(self, tree: FeatureTree, absent: Collection[str] = ()) -> str:
         return self._render(tree, absent)[0]
@@ -93,14 +91,8 @@ class ClassificationPrompt:
     placeholder: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.text or not self.text.strip():
-            raise ValueError("text: must be a non-empty string")
-        if len(self.labels) < 2:
-            raise ValueError("labels: at least two labels are required")
-        if any(not isinstance(label, str) or not label.strip() for label in self.labels):
-            raise ValueError("labels: every label must be a non-empty string")
-        if len({label.strip() for label in self.labels}) != len(self.labels):
-            raise ValueError(f"labels: duplicate labels in {self.labels}")
+        check_text(self.text, "text")
+        check_labels(self.labels)
         self.filled_instruction()  # refuses stray braces before any model work
 
     def filled_instruction(self) -> str:
@@ -125,3 +117,21 @@ class ClassificationPrompt:
 
     def _head(self) -> str:
         return self.filled_instruction() + "\n\nText: "
+
+
+def check_text(value: object, name: str) -> str:
+    """A required text: a string with something besides whitespace."""
+    if not isinstance(value, str) or not value.strip():
+        raise RequestError(name, "must be a non-empty string")
+    return value
+
+
+def check_labels(labels: object) -> tuple[str, ...]:
+    """Class labels: at least two, each a non-empty string, no two equal once stripped."""
+    if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) < 2:
+        raise RequestError("labels", f"at least two labels are required, got {labels!r}")
+    if any(not isinstance(label, str) or not label.strip() for label in labels):
+        raise RequestError("labels", "every label must be a non-empty string")
+    if len({label.strip() for label in labels}) != len(labels):
+        raise RequestError("labels", f"duplicate labels in {list(labels)}")
+    return tuple(labels)

@@ -15,7 +15,7 @@ from longshap.hierarchy.allocation import Allocation
 from longshap.hierarchy.errors import RequestError
 from longshap.hierarchy.estimators import ESTIMATORS
 from longshap.hierarchy.gradients import BASELINES, GRADIENT_METHODS, check_gradient_options
-from longshap.hierarchy.prompt import fill_template
+from longshap.hierarchy.prompt import check_labels, check_text, fill_template
 from longshap.hierarchy.segmentation import LEVELS, Document
 from longshap.hierarchy.subgames import MODES
 from longshap.hierarchy.values import VALUE_FUNCTIONS
@@ -100,11 +100,11 @@ class ExplainRequest:
         if classification and (question is not None or documents is not None):
             raise RequestError("prompt", "give either question and documents (QA) or text and labels (classification), not both")
         if classification:
-            prompt: dict[str, Any] = {"text": _text(text, "text"), "labels": _labels(labels)}
+            prompt: dict[str, Any] = {"text": check_text(text, "text"), "labels": check_labels(labels)}
         else:
             if question is None or documents is None:
                 raise RequestError("prompt", "QA needs question and documents (or give text and labels for classification)")
-            prompt = {"question": _text(question, "question"), "documents": _documents(documents)}
+            prompt = {"question": check_text(question, "question"), "documents": _documents(documents)}
         level_names = _levels(levels, CLASSIFICATION_LEVELS if classification else QA_LEVELS)
         chosen_method = _choice(method or DEFAULT_METHOD, method_names(), "method", "method")
         chosen_value = _value(value, classification)
@@ -153,12 +153,6 @@ def check_candidates(candidates: Sequence[str]) -> list[str]:
     return list(candidates)
 
 
-def _text(value: object, name: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise RequestError(name, "must be a non-empty string")
-    return value
-
-
 def _optional_string(value: object, name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise RequestError(name, f"must be a string, got {type(value).__name__}")
@@ -185,21 +179,11 @@ def _documents(documents: object) -> tuple[Document, ...]:
             text, title = doc.get("text"), doc.get("title", "") or ""
         else:
             raise RequestError(f"documents[{index}]", f"expected a dict with 'text' (and optional 'title'), got {type(doc).__name__}")
-        text = _text(text, f"documents[{index}].text")
+        text = check_text(text, f"documents[{index}].text")
         if not isinstance(title, str):
             raise RequestError(f"documents[{index}].title", "must be a string")
         parsed.append(doc if isinstance(doc, Document) else Document(text, title))
     return tuple(parsed)
-
-
-def _labels(labels: object) -> tuple[str, ...]:
-    if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) < 2:
-        raise RequestError("labels", f"at least two labels are required, got {labels!r}")
-    if any(not isinstance(label, str) or not label.strip() for label in labels):
-        raise RequestError("labels", "every label must be a non-empty string")
-    if len({label.strip() for label in labels}) != len(labels):
-        raise RequestError("labels", f"duplicate labels in {list(labels)}")
-    return tuple(labels)
 
 
 def _target(target: object, labels: tuple[str, ...] | None) -> str | None:
