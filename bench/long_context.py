@@ -18,7 +18,8 @@ Run from the repository root: `python -m bench.long_context [--quick] [--passage
   what a pass-per-coalition engine would forward), the forwarded share, the prefix-tree
   share (tokens in the prefix tree of every scored sequence over total: the least any
   exact engine that shares common prefixes could forward for the same coalitions), wall seconds,
-  the speedup vs before, and whether the top document, sentence and word agree.
+  the speedup vs before, whether the top document, sentence and word agree, and (after) how
+  many units of each level adaptive allocation left unsettled when its budget ran out.
 - A run left out with --runs is not estimated: its cells say so.
 """
 from __future__ import annotations
@@ -99,7 +100,8 @@ def main() -> None:
         for name in ("before", "after"):
             if name in args.runs:
                 result, ideal = explain(explainer, prompt, target, budget, name == "after", cache_bytes)
-                rows[name] = ({**result.stats, "ideal_tokens": ideal}, result.stats["wall_seconds"], top_ids(result))
+                unsettled = "/".join(str(len(level.unsettled)) for level in result.levels) if name == "after" else "—"
+                rows[name] = ({**result.stats, "ideal_tokens": ideal, "unsettled": unsettled}, result.stats["wall_seconds"], top_ids(result))
         explainer.scorer.prefix_kv.max_bytes = cache_bytes
         if "flat" in args.runs:
             flat_stats, flat_seconds = flat_costed(explainer, prompt, target, PERMUTATIONS * (n_words + 1), TIMED_BATCHES, seed=0)
@@ -111,7 +113,7 @@ def main() -> None:
                 passages, target, name, stats["coalitions"], forwarded, total, forwarded / total,
                 stats["ideal_tokens"] / total if "ideal_tokens" in stats else "—", seconds,
                 before_seconds / seconds if before_seconds else "not run", "extrapolated" if name == "flat" else "measured",
-                "/".join(top) if top else "—",
+                "/".join(top) if top else "—", stats.get("unsettled", "—"),
             ])
             figures[f"p{passages}_{name}_forward_tokens"] = forwarded
             figures[f"p{passages}_{name}_total_tokens"] = total
@@ -132,7 +134,7 @@ def _print(table: list, quick: bool, model: str) -> None:
     """The table so far: printed after every prompt size, so a run cut short still reports what it measured."""
     print_table(
         ["passages", "answer", "run", "evaluations", "forwarded tok", "total tok", "forwarded share", "prefix-tree share", "wall s", "speedup vs before",
-         "time", "top doc/sentence/word"],
+         "time", "top doc/sentence/word", "unsettled per level"],
         table,
         f"Long-context NQ (row {NQ_ROW}), document→sentence→word, {'quick budgets 4(n+1)/level' if quick else 'default budgets'}, "
         f"{model}; before = permutation, no prefix cache, fixed budgets; after = auto, prefix cache, adaptive allocation",
