@@ -116,7 +116,10 @@ def token_attributions(
         mask = torch.tensor(movable, device=scorer.device)[None, :, None]
         reference = torch.where(mask, fill.expand_as(inputs), inputs).detach()
         probe = counter(inputs)
-        if not probe.requires_grad:
+        # No path from the embeddings to the value (a layer computing outside autograd cuts it): say so,
+        # instead of Captum's "differentiated tensor ... not used in the graph".
+        reaches = probe.requires_grad and torch.autograd.grad(probe.sum(), inputs, allow_unused=True)[0] is not None
+        if not reaches:
             raise ValueError(
                 f"method: {method} needs gradients through the model, and none flow through {type(scorer.model).__name__} "
                 "(its embedding output does not reach the value differentiably); use a coalition method such as 'permutation'"

@@ -26,7 +26,7 @@ def backend(tiny_llama_dir):
     """Two tiny-model replicas on a local Ray cluster (3 CPUs: room to replace one), shut down at the end."""
     assert connect(num_cpus=3), "Ray was already initialised by something else"
     try:
-        backend = RayBackend(str(tiny_llama_dir), replicas=2, chunk_rows=8, ready_timeout_s=120)
+        backend = RayBackend(str(tiny_llama_dir), replicas=2, chunk_rows=8)
         yield backend
         backend.close()
     finally:
