@@ -104,7 +104,7 @@ def main() -> None:
                 rows[name] = ({**result.stats, "ideal_tokens": ideal, "unsettled": unsettled}, result.stats["wall_seconds"], top_ids(result))
                 # A run can take an hour at 40 passages: report it before the next one starts.
                 print(f"{passages} passages, {name}: {result.stats['coalitions']} evaluations, {tokens(result.stats)[0]} forwarded of "
-                      f"{sum(tokens(result.stats)[1:])} tokens, {result.stats['wall_seconds']:.0f} s, top {'/'.join(top_ids(result))}", flush=True)
+                      f"{tokens(result.stats)[1]} tokens, {result.stats['wall_seconds']:.0f} s, top {'/'.join(top_ids(result))}", flush=True)
         explainer.scorer.prefix_kv.max_bytes = cache_bytes
         if "flat" in args.runs:
             flat_stats, flat_seconds = flat_costed(explainer, prompt, target, PERMUTATIONS * (n_words + 1), TIMED_BATCHES, seed=0)
