@@ -85,6 +85,14 @@ class TokenAttributions:
         return {"method": self.method, "forward_rows": self.forward_rows, "completeness": self.completeness}
 
 
+def _unreachable(method: str, model) -> ValueError:
+    """The refusal for a model whose embedding output does not reach the value differentiably."""
+    return ValueError(
+        f"method: {method} needs gradients through the model, and none flow through {type(model).__name__} "
+        "(its embedding output does not reach the value differentiably); use a coalition method such as 'permutation'"
+    )
+
+
 def token_attributions(
     scorer: ModelScorer, full_prompt: str, text_starts: Sequence[int], text_ends: Sequence[int], value_fn,
     method: str, baseline: str = "zero", steps: int | None = None,
@@ -116,29 +124,30 @@ def token_attributions(
         mask = torch.tensor(movable, device=scorer.device)[None, :, None]
         reference = torch.where(mask, fill.expand_as(inputs), inputs).detach()
         probe = counter(inputs)
-        # No path from the embeddings to the value (a layer computing outside autograd cuts it): say so,
-        # instead of Captum's "differentiated tensor ... not used in the graph".
-        reaches = probe.requires_grad and torch.autograd.grad(probe.sum(), inputs, allow_unused=True)[0] is not None
-        if not reaches:
-            raise ValueError(
-                f"method: {method} needs gradients through the model, and none flow through {type(scorer.model).__name__} "
-                "(its embedding output does not reach the value differentiably); use a coalition method such as 'permutation'"
-            )
+        if not probe.requires_grad:
+            raise _unreachable(method, scorer.model)
         columns = probe.shape[1]
         batch = max(1, scorer.max_batch_tokens // (ids.shape[1] + value.extra_tokens))
         attributions, deltas = [], []
-        for column in range(columns):
-            if method == "integrated_gradients":
-                attribution, delta = IntegratedGradients(counter).attribute(
-                    inputs, baselines=reference, target=column, n_steps=steps or DEFAULT_STEPS,
-                    internal_batch_size=batch, return_convergence_delta=True,
-                )
-                deltas.append(float(delta.sum()))
-            elif method == "saliency":
-                attribution = Saliency(counter).attribute(inputs, target=column, abs=True)
-            else:
-                attribution = InputXGradient(counter).attribute(inputs, target=column)
-            attributions.append(attribution[0].sum(dim=-1).detach().double().cpu().numpy())
+        try:
+            for column in range(columns):
+                if method == "integrated_gradients":
+                    attribution, delta = IntegratedGradients(counter).attribute(
+                        inputs, baselines=reference, target=column, n_steps=steps or DEFAULT_STEPS,
+                        internal_batch_size=batch, return_convergence_delta=True,
+                    )
+                    deltas.append(float(delta.sum()))
+                elif method == "saliency":
+                    attribution = Saliency(counter).attribute(inputs, target=column, abs=True)
+                else:
+                    attribution = InputXGradient(counter).attribute(inputs, target=column)
+                attributions.append(attribution[0].sum(dim=-1).detach().double().cpu().numpy())
+        except RuntimeError:
+            # A layer computing outside autograd can cut every path from the embeddings to the value, and
+            # Captum then fails with "not used in the graph". Checked only here: it costs a backward pass.
+            if torch.autograd.grad(probe.sum(), inputs, allow_unused=True)[0] is None:
+                raise _unreachable(method, scorer.model) from None
+            raise
         values = np.stack(attributions, axis=1)
         if movable.any() and not np.any(values[movable]):
             # Not one document token got any gradient: some layer computes outside autograd (bitsandbytes
