@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -102,9 +102,8 @@ class ModelScorer:
         for module in self.model.modules():
             if type(module).__name__.endswith("DecoderLayer"):
                 module.register_forward_pre_hook(self._interrupt)
-        if self.device.type == "meta":
-            self.model.register_forward_pre_hook(_weightless, with_kwargs=True)
-            self.backbone.register_forward_pre_hook(_weightless, with_kwargs=True)
+        if self.device.type == "meta":  # every pass, the LM's own included, runs the backbone
+            self.backbone.register_forward_pre_hook(_weightless)
 
     def _interrupt(self, *_) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -177,6 +176,8 @@ class ModelScorer:
         A batch that runs out of accelerator memory is split in two and retried, and the
         token budget is halved for later batches, so big inputs slow down instead of failing.
         """
+        if self.device.type == "meta":  # before a batch's preparation reads meta tensors (mask sums) and fails obscurely
+            _weightless(self.backbone)
         results: list = [None] * len(rows)
         queue = self._batches(rows)
         while queue:
@@ -596,7 +597,8 @@ class _RecordingCache(DynamicCache):
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 
-def _weightless(module, args, kwargs) -> None:
+def _weightless(module: torch.nn.Module, args: object = None) -> NoReturn:
+    """Refuse model work in a process that loaded the model without weights (a forward pre-hook, and called directly)."""
     raise RuntimeError(
         f"{type(module).__name__} was loaded without weights (load_model(weights=False)): this process only tokenises; "
         "its forward passes belong to the replicas"

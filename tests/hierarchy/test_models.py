@@ -38,6 +38,8 @@ def test_a_weightless_load_tokenises_like_the_full_one_and_refuses_forward_passe
     assert [bare_scorer.encode_prompt(p) for p in PROMPTS] == [full_scorer.encode_prompt(p) for p in PROMPTS]
     with pytest.raises(RuntimeError, match="loaded without weights"):
         bare_scorer.continuation_logprobs(PROMPTS, [[5]])
+    with pytest.raises(RuntimeError, match="loaded without weights"):
+        bare_scorer.greedy(PROMPTS, 3)
 
 
 def test_load_tiny_gemma_in_bfloat16(tiny_gemma_dir):
