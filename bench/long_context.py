@@ -101,10 +101,11 @@ def main() -> None:
             if name in args.runs:
                 result, ideal = explain(explainer, prompt, target, budget, name == "after", cache_bytes)
                 unsettled = "/".join(str(len(level.unsettled)) for level in result.levels) if name == "after" else "—"
-                rows[name] = ({**result.stats, "ideal_tokens": ideal, "unsettled": unsettled}, result.stats["wall_seconds"], top_ids(result))
+                top, (forwarded, total) = top_ids(result), tokens(result.stats)
+                rows[name] = ({**result.stats, "ideal_tokens": ideal, "unsettled": unsettled}, result.stats["wall_seconds"], top)
                 # A run can take an hour at 40 passages: report it before the next one starts.
-                print(f"{passages} passages, {name}: {result.stats['coalitions']} evaluations, {tokens(result.stats)[0]} forwarded of "
-                      f"{tokens(result.stats)[1]} tokens, {result.stats['wall_seconds']:.0f} s, top {'/'.join(top_ids(result))}", flush=True)
+                print(f"{passages} passages, {name}: {result.stats['coalitions']} evaluations, {forwarded} forwarded of "
+                      f"{total} tokens, {result.stats['wall_seconds']:.0f} s, top {'/'.join(top)}", flush=True)
         explainer.scorer.prefix_kv.max_bytes = cache_bytes
         if "flat" in args.runs:
             flat_stats, flat_seconds = flat_costed(explainer, prompt, target, PERMUTATIONS * (n_words + 1), TIMED_BATCHES, seed=0)
