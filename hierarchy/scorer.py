@@ -465,10 +465,14 @@ class ModelScorer:
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
         )
         hidden = out.last_hidden_state
-        last = torch.tensor([len(row) - shared - 1 for row in rows], device=self.device)
-        index = torch.cat([last[:, None], width + torch.arange(tree.size, device=self.device).expand(len(rows), -1)], dim=1)
-        argmax = self._logits(hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))).argmax(-1).tolist()
-        verdicts = [walk(tree, row[0], row[1:], self.stop_ids, max_new_tokens) for row in argmax]
+
+        def argmax(pairs: Sequence[tuple[int, int]]) -> list[int]:
+            """Next tokens after (row, tree node) pairs: node 0 is the row's last prompt token, node k sits at width + k - 1."""
+            batch = torch.tensor([row for row, _ in pairs], device=self.device)
+            where = torch.tensor([len(rows[row]) - shared - 1 if node == 0 else width + node - 1 for row, node in pairs], device=self.device)
+            return self._logits(hidden[batch, where]).argmax(-1).tolist()
+
+        verdicts = walk(tree, len(rows), argmax, self.stop_ids, max_new_tokens)
         diverged = [r for r, verdict in enumerate(verdicts) if verdict.answer is None]
         if continue_diverged and diverged:
             kept = [self._tree_path_indices(len(rows[r]), shared, width, tree, verdicts[r].prefix[:-1]) for r in diverged]

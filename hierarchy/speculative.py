@@ -13,7 +13,7 @@ they would see in plain decoding.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -73,19 +73,42 @@ class Verdict:
     """The answer was completed by decoding on from the verification pass (not found in the tree)."""
 
 
-def walk(tree: AnswerTree, root_argmax: int, node_argmax: Sequence[int], stop_ids: set[int], max_new_tokens: int) -> Verdict:
-    """Follow the model's argmax from the root; `node_argmax[i]` is its argmax after token node i+1."""
-    node, token = 0, root_argmax
-    while True:
-        path = tree.path(node)
-        if token in stop_ids:
-            return Verdict(answer=path, prefix=path)
-        if len(path) == max_new_tokens:
-            return Verdict(answer=path, prefix=path)
-        child = tree.children[node].get(token)
-        if child is None:
-            return Verdict(answer=None, prefix=path + [token])
-        node, token = child, node_argmax[child - 1]
+def walk(
+    tree: AnswerTree, rows: int, argmax: Callable[[Sequence[tuple[int, int]]], Sequence[int]], stop_ids: set[int], max_new_tokens: int
+) -> list[Verdict]:
+    """Follow every row's argmax from the root, all rows one depth at a time.
+
+    `argmax(pairs)` gives the model's argmax after tree node `node` of row `row` for
+    each (row, node) pair. Asking only along the path walked, not at every tree node,
+    keeps LM-head work (a vocabulary-wide matrix product per position, costlier than
+    the rest of a small model) to the answer's length instead of the tree's size.
+    """
+    nodes = [0] * rows
+    verdicts: list[Verdict | None] = [None] * rows
+    active = []
+    for row in range(rows):
+        if max_new_tokens == 0:
+            verdicts[row] = Verdict(answer=[], prefix=[])
+        else:
+            active.append(row)
+    while active:
+        walking = []
+        for row, token in zip(active, argmax([(row, nodes[row]) for row in active])):
+            node = nodes[row]
+            path = tree.path(node)
+            child = tree.children[node].get(token)
+            if token in stop_ids:
+                verdicts[row] = Verdict(answer=path, prefix=path)
+            elif child is None:
+                verdicts[row] = Verdict(answer=None, prefix=path + [token])
+            elif len(path) + 1 == max_new_tokens:  # the length cap ends an answer too: no argmax needed after it
+                verdicts[row] = Verdict(answer=path + [token], prefix=path + [token])
+            else:
+                nodes[row] = child
+                walking.append(row)
+        active = walking
+    assert all(verdict is not None for verdict in verdicts), "every row ends on a stop, a divergence or the length cap"
+    return [verdict for verdict in verdicts if verdict is not None]
 
 
 def tree_masks(

@@ -7,7 +7,7 @@ import torch
 
 from longshap.hierarchy.models import load_model
 from longshap.hierarchy.scorer import ModelScorer
-from longshap.hierarchy.speculative import AnswerTree, tree_masks, walk
+from longshap.hierarchy.speculative import AnswerTree, Verdict, tree_masks, walk
 from tiny_models import build_tiny_model_dir
 
 WORDS = (
@@ -53,12 +53,26 @@ def test_walk_accepts_inside_the_tree_and_reports_divergence():
     tree = AnswerTree()
     tree.add([5, 6, 7])
     stop = {0}
-    # argmax after each node (1: 5, 2: 6, 3: 7)
-    assert walk(tree, 5, [6, 7, 0], stop, 20).answer == [5, 6, 7]
-    assert walk(tree, 5, [6, 0, 0], stop, 20).answer == [5, 6]
-    diverged = walk(tree, 5, [9, 0, 0], stop, 20)
+    rows = [  # the model's argmax after the root and after each node (1: 5, 2: 6, 3: 7), one row each
+        [5, 6, 7, 0],
+        [5, 6, 0, 0],
+        [5, 9, 0, 0],
+        [5, 6, 7, 4],
+    ]
+    asked: list[tuple[int, int]] = []
+
+    def argmax(pairs):
+        asked.extend(pairs)
+        return [rows[row][node] for row, node in pairs]
+
+    accepted, shorter, diverged, capped = walk(tree, 4, argmax, stop, 20)
+    assert accepted.answer == [5, 6, 7] and shorter.answer == [5, 6]
     assert diverged.answer is None and diverged.prefix == [5, 9]
-    assert walk(tree, 5, [6, 7, 4], stop, 3).answer == [5, 6, 7]  # the length cap ends an answer too
+    assert capped.answer is None and capped.prefix == [5, 6, 7, 4]  # left the tree after its last node
+    assert walk(tree, 4, argmax, stop, 3)[3].answer == [5, 6, 7]  # the length cap ends an answer too
+    # Only positions on a row's own path are asked for, never the whole tree.
+    assert sorted(set(asked)) == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (3, 3)]
+    assert walk(tree, 2, argmax, stop, 0) == [Verdict([], []), Verdict([], [])]
 
 
 def test_masks_let_tree_tokens_see_only_the_prompt_and_their_ancestors():
