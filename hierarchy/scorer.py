@@ -221,15 +221,16 @@ class ModelScorer:
             length = min(limit, *(_common_prefix(rows[0], row) for row in rows[1:]))
         return length if length >= self.min_shared_prefix else 0
 
-    def _prefix_cache(self, rows: Sequence[Sequence[int]], shared: int):
+    def _prefix_cache(self, rows: Sequence[Sequence[int]], shared: int, windowed: bool = True):
         """KV cache of the rows' shared prefix, repeated across the batch.
 
         Only the part beyond the longest prefix already in the cache is forwarded
-        (once); the result is stored for later batches.
+        (once); the result is stored for later batches. A `windowed` cache, typed by the
+        model's config, trims sliding-window layers to their window as a fresh pass would;
+        passes with masks of their own need every key instead.
         """
         cached, states = self._prefix_states(list(rows[0][:shared]))
-        # A cache typed by the model's config trims sliding-window layers to their window, as a fresh pass would.
-        cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config) if windowed else DynamicCache()
         for layer, (keys, values) in enumerate(states):
             cache.update(keys, values, layer)
         cache.batch_repeat_interleave(len(rows))
@@ -434,11 +435,11 @@ class ModelScorer:
             for index in pending:
                 answers[index] = known[index] + self._draft_decode(list(encoded[index]) + known[index], max_new_tokens - len(known[index]))
             return answers
-        rows = [list(encoded[i]) + known[i] for i in pending]
-        limits = [max_new_tokens - len(known[i]) for i in pending]
-        decoded = self._map_batches(rows, lambda batch: self._greedy_batch([rows[b] for b in batch], [limits[b] for b in batch]))
+        # Here no row has a known prefix: a verified tree answers or continues every row itself.
+        rows = [list(encoded[i]) for i in pending]
+        decoded = self._map_batches(rows, lambda batch: self._greedy_batch([rows[b] for b in batch], max_new_tokens))
         for index, tokens in zip(pending, decoded):
-            answers[index] = known[index] + tokens
+            answers[index] = tokens
         return answers
 
     def _verify_batch(self, rows: Sequence[Sequence[int]], tree: AnswerTree, max_new_tokens: int, continue_diverged: bool = False):
@@ -448,8 +449,9 @@ class ModelScorer:
         pass's KV cache: their prompt and tree-path states are gathered into a
         left-padded cache, so only the new tokens are forwarded.
         """
-        shared = 0 if self.sliding_window else self._shared_prefix(rows, keep=1)
-        cache = self._prefix_cache(rows, shared) if shared else None
+        shared = self._shared_prefix(rows, keep=1)
+        # Masks built from positions carry the sliding windows, so every layer keeps all its keys.
+        cache = self._prefix_cache(rows, shared, windowed=False) if shared else None
         width = max(len(row) - shared for row in rows)
         ids = torch.full((len(rows), width + tree.size), self.pad_id, dtype=torch.long, device=self.device)
         for r, row in enumerate(rows):
@@ -544,8 +546,14 @@ class ModelScorer:
         self.stats.draft_tokens += len(output)
         return tokens
 
-    def _greedy_batch(self, rows: Sequence[Sequence[int]], limits: Sequence[int]) -> list[list[int]]:
-        shared = 0 if self.sliding_window else self._shared_prefix(rows, keep=1)
+    def _greedy_batch(self, rows: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        shared = self._shared_prefix(rows, keep=1)
+        if shared and self.sliding_window:
+            if self.tree_capable:
+                # Left pads between the shared prefix and a row's tokens would shift windows that mask by cache
+                # index: prefill right-padded with position-built masks (an empty answer tree), decode on from there.
+                return [verdict.answer for verdict in self._verify_batch(rows, AnswerTree(), max_new_tokens, continue_diverged=True)]
+            shared = 0
         cache = self._prefix_cache(rows, shared) if shared else None
         ids, mask = self._left_pad([row[shared:] for row in rows])
         positions = shared + (mask.cumsum(dim=1) - 1).clamp(min=0)
@@ -553,7 +561,7 @@ class ModelScorer:
             mask = torch.cat([torch.ones((len(rows), shared), dtype=mask.dtype, device=self.device), mask], dim=1)
         self._count_pass(int(mask[:, shared:].sum()))
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return self._decode(out, mask, positions[:, -1:] + 1, limits)
+        return self._decode(out, mask, positions[:, -1:] + 1, [max_new_tokens] * len(rows))
 
     def _decode(self, out, mask: torch.Tensor, next_position: torch.Tensor, limits: Sequence[int]) -> list[list[int]]:
         """Greedy steps from a forward output whose last logits give each row's next token."""

@@ -220,3 +220,6 @@ def test_greedy_with_shared_prefixes_matches_generate(loaded):
     scorer = ModelScorer(loaded)
     expected = [reference_greedy(scorer, p, 6) for p in COALITIONS]
     assert scorer.greedy(COALITIONS, max_new_tokens=6) == expected
+    # Sliding-window models share too (prefilled right-padded with masks built from positions); the prompts exceed the window.
+    assert scorer.stats.reused_tokens > 0
+    assert len(scorer.encode_prompt(COALITIONS[0])) > (scorer.sliding_window or 0)

@@ -97,7 +97,7 @@ def test_tree_verification_equals_plain_greedy(tmp_path, architecture, seed):
     plain = scorer.greedy(prompts, 6)
     scorer.stats.__init__()
     prefilled, prefill = [], scorer._greedy_batch
-    scorer._greedy_batch = lambda rows, limits: prefilled.extend(rows) or prefill(rows, limits)
+    scorer._greedy_batch = lambda rows, limit: prefilled.extend(rows) or prefill(rows, limit)
     assert decode_with_tree(scorer, prompts, 6) == plain
     assert scorer.stats.tree_checks == 24 and scorer.stats.tree_accepted > 0
     assert len(prefilled) == 8  # the first chunk only (empty tree): rows leaving the tree continue from its pass
@@ -113,7 +113,7 @@ def test_rows_leaving_the_tree_continue_from_the_verification_pass(tmp_path, arc
     for answer in plain:
         tree.add(answer[:2] + [answer[2] + 1] if len(answer) > 2 else [7, 8])  # right start, then a wrong turn
     tree.add([5, 6, 7])
-    scorer._greedy_batch = lambda rows, limits: pytest.fail("a diverged row was prefilled again")
+    scorer._greedy_batch = lambda rows, limit: pytest.fail("a diverged row was prefilled again")
     scorer.stats.__init__()
     assert scorer.greedy(prompts, 7, tree=tree) == plain
     assert scorer.stats.tree_accepted < scorer.stats.tree_checks == 12
