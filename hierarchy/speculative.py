@@ -83,14 +83,11 @@ def walk(
     keeps LM-head work (a vocabulary-wide matrix product per position, costlier than
     the rest of a small model) to the answer's length instead of the tree's size.
     """
+    if max_new_tokens == 0:
+        return [Verdict(answer=[], prefix=[]) for _ in range(rows)]
     nodes = [0] * rows
     verdicts: list[Verdict | None] = [None] * rows
-    active = []
-    for row in range(rows):
-        if max_new_tokens == 0:
-            verdicts[row] = Verdict(answer=[], prefix=[])
-        else:
-            active.append(row)
+    active = list(range(rows))
     while active:
         walking = []
         for row, token in zip(active, argmax([(row, nodes[row]) for row in active])):
