@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX_CACHE_BYTES = 512 * 2**20
 PASS_OVERHEAD_TOKENS = 64
 """What one more forward pass costs, in forwarded tokens, when deciding where to close a batch."""
+DECODE_CACHE_FACTOR = 4
+"""Rows decoded together may hold this many times `max_batch_tokens` in KV cache.
+
+A decoding step forwards one token per row but reads every weight, the LM head's
+included; on a CPU that read, not the arithmetic, sets its time, so rows prefilled in
+separate (prefix-sharing) batches decode together, as many as their caches allow."""
 
 
 @dataclass
@@ -132,7 +138,7 @@ class ModelScorer:
         return stops
 
     # ---- batching -----------------------------------------------------------------
-    def _batches(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
+    def _batches(self, rows: Sequence[Sequence[int]], share: bool = True, budget: int | None = None) -> list[list[int]]:
         """Group row indices so each padded batch stays under the token budget.
 
         With prefix reuse, rows go in lexicographic order (the common prefix of a run of
@@ -142,9 +148,10 @@ class ModelScorer:
         groups of coalitions that share an outer context. With the prefix cache across
         batches the next batch finds L' cached, so closing only costs a pass, counted as
         PASS_OVERHEAD_TOKENS: batches then follow the rows' prefix tree much more closely.
-        Without reuse, longest first, which minimises padding.
+        Without reuse (or `share=False`), longest first, which minimises padding.
         """
-        if not self.reuse_prefix:
+        share = share and self.reuse_prefix
+        if not share:
             order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         else:
             order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
@@ -156,11 +163,11 @@ class ModelScorer:
             grown = max(width, len(row))
             narrowed = min(shared, _common_prefix(rows[current[0]], row)) if current else len(row)
             # The shared prefix runs once, so only the padded suffixes count against the budget.
-            area = (len(current) + 1) * (grown - (narrowed if self.reuse_prefix else 0))
-            full = area > self.max_batch_tokens or len(current) >= self.max_batch_size
+            area = (len(current) + 1) * (grown - (narrowed if share else 0))
+            full = area > (budget or self.max_batch_tokens) or len(current) >= self.max_batch_size
             # Closing recomputes the narrowed prefix, unless the prefix cache will hold it: then it only costs a pass.
             closing = min(narrowed, PASS_OVERHEAD_TOKENS) if self.prefix_kv.max_bytes else narrowed
-            wasteful = self.reuse_prefix and current and (shared - narrowed) * (len(current) - 1) > closing
+            wasteful = share and current and (shared - narrowed) * (len(current) - 1) > closing
             if current and (full or wasteful):
                 batches.append(current)
                 current, grown, narrowed = [], len(row), len(row)
@@ -170,7 +177,9 @@ class ModelScorer:
             batches.append(current)
         return batches
 
-    def _map_batches(self, rows: Sequence[Sequence[int]], run: Callable[[list[int]], Sequence]) -> list:
+    def _map_batches(
+        self, rows: Sequence[Sequence[int]], run: Callable[[list[int]], Sequence], share: bool = True, budget: int | None = None
+    ) -> list:
         """Run `run(batch)` over all batches and return one result per row, in row order.
 
         A batch that runs out of accelerator memory is split in two and retried, and the
@@ -179,7 +188,7 @@ class ModelScorer:
         if self.device.type == "meta":  # before a batch's preparation reads meta tensors (mask sums) and fails obscurely
             _weightless(self.backbone)
         results: list = [None] * len(rows)
-        queue = self._batches(rows)
+        queue = self._batches(rows, share, budget)
         while queue:
             batch = queue.pop(0)
             try:
@@ -279,7 +288,18 @@ class ModelScorer:
         self.stats.forward_tokens += tokens
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.head(hidden).float()
+        """LM-head logits (soft-capped where the model caps them) of hidden states (..., hidden).
+
+        A plain head on a CPU multiplies as weight @ hidden^T: for the few rows of a
+        decoding step, F.linear's (hidden @ weight^T) kernel ran 1.3-3.3x slower with
+        Gemma's 262k x 640 head on this project's machine (same values up to float noise).
+        """
+        head = self.head
+        if self.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            logits = (head.weight @ flat.T).T.reshape(*hidden.shape[:-1], -1).float()
+        else:
+            logits = head(hidden).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -416,38 +436,60 @@ class ModelScorer:
 
     @torch.inference_mode()
     def greedy_ids(self, encoded: Sequence[Sequence[int]], max_new_tokens: int, tree: AnswerTree | None = None) -> list[list[int]]:
-        """`greedy` on token ids; rows may come from different requests (without a tree)."""
-        known: list[list[int]] = [[] for _ in encoded]
-        pending = list(range(len(encoded)))
-        if tree is not None and tree.size and self.tree_capable:
-            continue_here = self.draft is None
-            verdicts = self._map_batches(
-                encoded, lambda batch: self._verify_batch([encoded[i] for i in batch], tree, max_new_tokens, continue_here)
+        """`greedy` on token ids; rows may come from different requests (without a tree).
+
+        Rows are prefilled in prefix-sharing batches (each also verifying the answer tree,
+        when there is one), then the rows that still need decoding continue from their
+        prefill states together, as many per batch as their caches allow.
+        """
+        if not self.tree_capable:  # attention that takes no masks of ours: each batch prefills and decodes alone
+            return self._map_batches(encoded, lambda batch: self._greedy_batch([encoded[i] for i in batch], max_new_tokens))
+        checking = tree is not None and tree.size > 0
+        verified = tree if tree is not None and checking else AnswerTree()
+        answers: list[list[int]] = [[] for _ in encoded]
+        for group in self._decode_groups(encoded):
+            rows = [encoded[i] for i in group]
+            prefilled = self._map_batches(
+                rows, lambda batch: self._verify_batch([rows[b] for b in batch], verified, max_new_tokens, keep_states=self.draft is None)
             )
-            self.stats.tree_checks += len(encoded)
-            self.stats.tree_accepted += sum(verdict.answer is not None and not verdict.continued for verdict in verdicts)
-            if continue_here:
-                return [verdict.answer for verdict in verdicts]
-            known = [verdict.prefix for verdict in verdicts]
-            pending = [index for index, verdict in enumerate(verdicts) if verdict.answer is None]
-        answers = list(known)
-        if self.draft is not None:
-            for index in pending:
-                answers[index] = known[index] + self._draft_decode(list(encoded[index]) + known[index], max_new_tokens - len(known[index]))
-            return answers
-        # Here no row has a known prefix: a verified tree answers or continues every row itself.
-        rows = [list(encoded[i]) for i in pending]
-        decoded = self._map_batches(rows, lambda batch: self._greedy_batch([rows[b] for b in batch], max_new_tokens))
-        for index, tokens in zip(pending, decoded):
-            answers[index] = tokens
+            if checking:
+                self.stats.tree_checks += len(rows)
+                self.stats.tree_accepted += sum(verdict.answer is not None for verdict, _ in prefilled)
+            pending = [r for r, (verdict, _) in enumerate(prefilled) if verdict.answer is None]
+            for r, (verdict, _) in enumerate(prefilled):
+                answers[group[r]] = verdict.prefix
+            if self.draft is not None:
+                tails = [self._draft_decode(list(rows[r]) + prefilled[r][0].prefix, max_new_tokens - len(prefilled[r][0].prefix)) for r in pending]
+            else:
+                tails = self._map_batches(
+                    [list(rows[r]) + prefilled[r][0].prefix for r in pending],
+                    lambda batch: self._decode_states([prefilled[pending[b]] for b in batch], max_new_tokens),
+                    share=False, budget=DECODE_CACHE_FACTOR * self.max_batch_tokens,
+                )
+            for r, tail in zip(pending, tails):
+                answers[group[r]] = prefilled[r][0].prefix + tail
         return answers
 
-    def _verify_batch(self, rows: Sequence[Sequence[int]], tree: AnswerTree, max_new_tokens: int, continue_diverged: bool = False):
+    def _decode_groups(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Consecutive prefill batches whose rows can then decode in one batch (DECODE_CACHE_FACTOR)."""
+        groups: list[list[int]] = []
+        width = 0
+        for batch in self._batches(rows):
+            grown = max([width, *(len(rows[i]) for i in batch)])
+            if groups and (len(groups[-1]) + len(batch)) * grown <= DECODE_CACHE_FACTOR * self.max_batch_tokens:
+                groups[-1].extend(batch)
+                width = grown
+            else:
+                groups.append(list(batch))
+                width = max(len(rows[i]) for i in batch)
+        return groups
+
+    def _verify_batch(self, rows: Sequence[Sequence[int]], tree: AnswerTree, max_new_tokens: int, keep_states: bool = False):
         """One forward pass of each prompt followed by the whole answer tree; the argmax walk gives each verdict.
 
-        With `continue_diverged`, rows that leave the tree are decoded on from this
-        pass's KV cache: their prompt and tree-path states are gathered into a
-        left-padded cache, so only the new tokens are forwarded.
+        Returns (verdict, states) per row. With `keep_states`, a row that leaves the tree
+        (or, with an empty tree, any row that does not stop at once) gets its prompt and
+        tree-path KV states, gathered from this pass, so it can decode on without a second prefill.
         """
         shared = self._shared_prefix(rows, keep=1)
         # Masks built from positions carry the sliding windows, so every layer keeps all its keys.
@@ -461,7 +503,7 @@ class ModelScorer:
         positions, full, sliding = tree_masks([len(r) for r in rows], shared, width, tree, self.sliding_window, dtype, self.device)
         mask = {"full_attention": full, "sliding_attention": sliding} if sliding is not None else full
         self._count_pass(sum(len(row) - shared for row in rows) + tree.size * len(rows))
-        if continue_diverged and cache is None:
+        if keep_states and cache is None:
             cache = DynamicCache()  # every position kept (no window trimming): diverged rows gather theirs from it
         out = self.backbone(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
@@ -475,14 +517,13 @@ class ModelScorer:
             return self._logits(hidden[batch, where]).argmax(-1).tolist()
 
         verdicts = walk(tree, len(rows), argmax, self.stop_ids, max_new_tokens)
-        diverged = [r for r, verdict in enumerate(verdicts) if verdict.answer is None]
-        if continue_diverged and diverged:
-            kept = [self._tree_path_indices(len(rows[r]), shared, width, tree, verdicts[r].prefix[:-1]) for r in diverged]
-            limits = [max_new_tokens - len(verdicts[r].prefix) for r in diverged]
-            tails = self._continue(out.past_key_values, diverged, kept, [verdicts[r].prefix[-1] for r in diverged], limits)
-            for r, tail in zip(diverged, tails):
-                verdicts[r] = Verdict(answer=verdicts[r].prefix + tail, prefix=verdicts[r].prefix, continued=True)
-        return verdicts
+        states: list[LayerStates | None] = [None] * len(rows)
+        if keep_states:
+            for r, verdict in enumerate(verdicts):
+                if verdict.answer is None:
+                    where = torch.tensor(self._tree_path_indices(len(rows[r]), shared, width, tree, verdict.prefix[:-1]), device=self.device)
+                    states[r] = [(layer.keys[r, :, where], layer.values[r, :, where]) for layer in out.past_key_values.layers]
+        return list(zip(verdicts, states))
 
     @staticmethod
     def _tree_path_indices(length: int, shared: int, width: int, tree: AnswerTree, path: Sequence[int]) -> list[int]:
@@ -493,32 +534,34 @@ class ModelScorer:
             indices.append(shared + width + node - 1)
         return indices
 
-    def _continue(self, cache, rows: list[int], kept: list[list[int]], tokens: list[int], limits: list[int]) -> list[list[int]]:
-        """Greedy decoding of batch rows `rows` after `tokens`, from their cached states at `kept` indices."""
+    def _decode_states(self, rows: Sequence[tuple[Verdict, LayerStates | None]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy decoding of rows after their known prefix, from their gathered KV states (left-padded into one cache)."""
+        limits = [max_new_tokens - len(verdict.prefix) for verdict, _ in rows]
         if max(limits) <= 0:
             return [[] for _ in rows]
-        width = max(len(indices) for indices in kept)
+        gathered: list[LayerStates] = []
+        for _, states in rows:
+            assert states is not None, "rows to decode were prefilled with keep_states"
+            gathered.append(states)
+        lengths = [states[0][0].shape[1] for states in gathered]
+        width = max(lengths)
         batch = DynamicCache(config=self.model.config)
         mask = torch.zeros((len(rows), width + 1), dtype=torch.long, device=self.device)
-        for r, indices in enumerate(kept):
-            mask[r, width - len(indices) :] = 1
+        for r, length in enumerate(lengths):
+            mask[r, width - length :] = 1
         mask[:, width] = 1
-        for layer, cached in enumerate(cache.layers):
-            keys = cached.keys.new_zeros((len(rows), cached.keys.shape[1], width, cached.keys.shape[3]))
+        for layer in range(len(gathered[0])):
+            first = gathered[0][layer][0]
+            keys = first.new_zeros((len(rows), first.shape[0], width, first.shape[2]))
             values = torch.zeros_like(keys)
-            for r, (row, indices) in enumerate(zip(rows, kept)):
-                where = torch.tensor(indices, device=self.device)
-                keys[r, :, width - len(indices) :] = cached.keys[row, :, where]
-                values[r, :, width - len(indices) :] = cached.values[row, :, where]
+            for r, (states, length) in enumerate(zip(gathered, lengths)):
+                keys[r, :, width - length :], values[r, :, width - length :] = states[layer]
             batch.update(keys, values, layer)
-        positions = torch.tensor([[len(indices)] for indices in kept], device=self.device)
+        positions = torch.tensor([[length] for length in lengths], device=self.device)
         self.stats.decode_steps += 1
         self.stats.forward_tokens += len(rows)
-        out = self.model(
-            input_ids=torch.tensor(tokens, device=self.device)[:, None], attention_mask=mask, position_ids=positions,
-            past_key_values=batch, use_cache=True,
-        )
-        return self._decode(out, mask, positions + 1, limits)
+        tokens = torch.tensor([verdict.prefix[-1] for verdict, _ in rows], device=self.device)[:, None]
+        return self._decode(*self._last_logits(tokens, mask, positions, batch), mask, positions + 1, limits)
 
     def _draft_decode(self, row: Sequence[int], max_new_tokens: int) -> list[int]:
         """Greedy decoding of one row with transformers' assisted generation (the draft proposes, the target verifies)."""
@@ -547,48 +590,57 @@ class ModelScorer:
         return tokens
 
     def _greedy_batch(self, rows: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
-        shared = self._shared_prefix(rows, keep=1)
-        if shared and self.sliding_window:
-            if self.tree_capable:
-                # Left pads between the shared prefix and a row's tokens would shift windows that mask by cache
-                # index: prefill right-padded with position-built masks (an empty answer tree), decode on from there.
-                return [verdict.answer for verdict in self._verify_batch(rows, AnswerTree(), max_new_tokens, continue_diverged=True)]
-            shared = 0
+        """Prefill and decode one batch, left-padded, for attention that takes no masks of ours (flash attention).
+
+        Sliding windows mask by cache index there, so pads between a shared prefix and a
+        row's own tokens would shift them: such models prefill every row whole.
+        """
+        shared = 0 if self.sliding_window else self._shared_prefix(rows, keep=1)
         cache = self._prefix_cache(rows, shared) if shared else None
         ids, mask = self._left_pad([row[shared:] for row in rows])
         positions = shared + (mask.cumsum(dim=1) - 1).clamp(min=0)
         if shared:
             mask = torch.cat([torch.ones((len(rows), shared), dtype=mask.dtype, device=self.device), mask], dim=1)
         self._count_pass(int(mask[:, shared:].sum()))
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return self._decode(out, mask, positions[:, -1:] + 1, [max_new_tokens] * len(rows))
+        return self._decode(*self._last_logits(ids, mask, positions, cache), mask, positions[:, -1:] + 1, [max_new_tokens] * len(rows))
 
-    def _decode(self, out, mask: torch.Tensor, next_position: torch.Tensor, limits: Sequence[int]) -> list[list[int]]:
-        """Greedy steps from a forward output whose last logits give each row's next token."""
-        rows = range(len(limits))
-        answers: list[list[int]] = [[] for _ in rows]
-        done = torch.tensor([limit <= 0 for limit in limits], dtype=torch.bool, device=self.device)
-        for _ in range(max(limits)):
-            token = out.logits[:, -1, :].argmax(dim=-1)
-            for r, t in enumerate(token.tolist()):
-                if not done[r]:
-                    if t in self.stop_ids:
-                        done[r] = True
-                    else:
-                        answers[r].append(t)
-                        done[r] = len(answers[r]) >= limits[r]
-            if bool(done.all()):
+    def _last_logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> tuple[DynamicCache, torch.Tensor]:
+        """One cached pass (a fresh cache when `cache` is None); the cache and the logits at each row's last position."""
+        out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        return out.past_key_values, self._logits(out.last_hidden_state[:, -1])
+
+    def _decode(self, cache: DynamicCache, logits: torch.Tensor, mask: torch.Tensor, next_position: torch.Tensor, limits: Sequence[int]) -> list[list[int]]:
+        """Greedy steps from a pass whose `logits` (rows, vocabulary) give each row's next token.
+
+        A row that has finished leaves the batch (and its cache) at once: every step costs
+        an LM-head product per row, the largest matrix of a small model, and answers of
+        one batch often differ in length by several tokens.
+        """
+        answers: list[list[int]] = [[] for _ in limits]
+        live = [r for r, limit in enumerate(limits) if limit > 0]  # answer index of each batch row
+        if len(live) < len(limits):
+            keep = torch.tensor(live, dtype=torch.long, device=self.device)
+            cache.batch_select_indices(keep)
+            logits, mask, next_position = logits[keep], mask[keep], next_position[keep]
+        while live:
+            tokens = logits.argmax(dim=-1)
+            staying = []
+            for row, (r, t) in enumerate(zip(live, tokens.tolist())):
+                if t not in self.stop_ids:
+                    answers[r].append(t)
+                    if len(answers[r]) < limits[r]:
+                        staying.append(row)
+            if not staying:
                 break
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], dim=1)
+            if len(staying) < len(live):
+                keep = torch.tensor(staying, dtype=torch.long, device=self.device)
+                cache.batch_select_indices(keep)
+                tokens, mask, next_position = tokens[keep], mask[keep], next_position[keep]
+                live = [live[row] for row in staying]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=self.device)], dim=1)
             self.stats.decode_steps += 1
-            self.stats.forward_tokens += int((~done).sum())
-            out = self.model(
-                input_ids=token[:, None],
-                attention_mask=mask,
-                position_ids=next_position,
-                past_key_values=out.past_key_values,
-                use_cache=True,
-            )
+            self.stats.forward_tokens += len(live)
+            cache, logits = self._last_logits(tokens[:, None], mask, next_position, cache)
             next_position = next_position + 1
         return answers
 

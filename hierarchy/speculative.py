@@ -69,8 +69,6 @@ class Verdict:
     answer: list[int] | None
     prefix: list[int]
     """Tokens known to be the greedy continuation (the tree path plus the divergent token)."""
-    continued: bool = False
-    """The answer was completed by decoding on from the verification pass (not found in the tree)."""
 
 
 def walk(

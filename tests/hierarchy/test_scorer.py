@@ -216,6 +216,19 @@ def test_shared_prefix_rows_match_reference(loaded, kind):
     np.testing.assert_allclose(plain.continuation_logprobs(COALITIONS, conts), values, atol=1e-4, rtol=0)
 
 
+def test_rows_of_separate_prefill_batches_decode_together(loaded):
+    """Prefill batches follow shared prefixes; decoding, bound by weight reads on a CPU, merges them."""
+    scorer = ModelScorer(loaded, max_batch_tokens=256)
+    prompts = COALITIONS + PROMPTS
+    expected = [reference_greedy(scorer, p, 6) for p in prompts]
+    passes = {"prefill": 0, "decode": 0}
+    for name, method in (("prefill", "_verify_batch"), ("decode", "_decode_states")):
+        original = getattr(scorer, method)
+        setattr(scorer, method, lambda *args, _name=name, _original=original, **kwargs: passes.__setitem__(_name, passes[_name] + 1) or _original(*args, **kwargs))
+    assert scorer.greedy(prompts, max_new_tokens=6) == expected
+    assert passes["prefill"] > 2 and 0 < passes["decode"] < passes["prefill"]
+
+
 def test_greedy_with_shared_prefixes_matches_generate(loaded):
     scorer = ModelScorer(loaded)
     expected = [reference_greedy(scorer, p, 6) for p in COALITIONS]

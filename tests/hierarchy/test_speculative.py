@@ -89,6 +89,14 @@ def test_masks_let_tree_tokens_see_only_the_prompt_and_their_ancestors():
     assert near[0, 5].tolist() == [False, False, False, True, True, True, False]  # position 5 sees positions 3..5
 
 
+def record_prefills(scorer: ModelScorer) -> list:
+    """The rows of every prefill pass from now on (each row's prompt, once per pass that reads it)."""
+    prefilled, verify = [], scorer._verify_batch
+    scorer._verify_batch = lambda rows, *args, **kwargs: prefilled.extend(rows) or verify(rows, *args, **kwargs)  # type: ignore[method-assign]
+    scorer._greedy_batch = lambda *_: pytest.fail("sdpa models prefill through the verification pass")  # type: ignore[method-assign]
+    return prefilled
+
+
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
 @pytest.mark.parametrize("seed", [0, 5])
 def test_tree_verification_equals_plain_greedy(tmp_path, architecture, seed):
@@ -96,11 +104,10 @@ def test_tree_verification_equals_plain_greedy(tmp_path, architecture, seed):
     prompts = coalition_prompts(32)
     plain = scorer.greedy(prompts, 6)
     scorer.stats.__init__()
-    prefilled, prefill = [], scorer._greedy_batch
-    scorer._greedy_batch = lambda rows, limit: prefilled.extend(rows) or prefill(rows, limit)
+    prefilled = record_prefills(scorer)
     assert decode_with_tree(scorer, prompts, 6) == plain
     assert scorer.stats.tree_checks == 24 and scorer.stats.tree_accepted > 0
-    assert len(prefilled) == 8  # the first chunk only (empty tree): rows leaving the tree continue from its pass
+    assert len(prefilled) == 32  # every row once: rows leaving the tree decode on from the pass that checked it
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
@@ -113,10 +120,11 @@ def test_rows_leaving_the_tree_continue_from_the_verification_pass(tmp_path, arc
     for answer in plain:
         tree.add(answer[:2] + [answer[2] + 1] if len(answer) > 2 else [7, 8])  # right start, then a wrong turn
     tree.add([5, 6, 7])
-    scorer._greedy_batch = lambda rows, limit: pytest.fail("a diverged row was prefilled again")
+    prefilled = record_prefills(scorer)
     scorer.stats.__init__()
     assert scorer.greedy(prompts, 7, tree=tree) == plain
     assert scorer.stats.tree_accepted < scorer.stats.tree_checks == 12
+    assert len(prefilled) == 12  # no diverged row was prefilled again
 
 
 def test_draft_model_decoding_equals_plain_greedy(tmp_path):
