@@ -291,8 +291,8 @@ class ModelScorer:
         """LM-head logits (soft-capped where the model caps them) of hidden states (..., hidden).
 
         A plain head on a CPU multiplies as weight @ hidden^T: for the few rows of a
-        decoding step, F.linear's (hidden @ weight^T) kernel ran 1.3-3.3x slower with
-        Gemma's 262k x 640 head on this project's machine (same values up to float noise).
+        decoding step F.linear's (hidden @ weight^T) kernel was several times slower with
+        Gemma's 262k x 640 head (same values up to float noise; `bench.speculative` times both).
         """
         head = self.head
         if self.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
