@@ -444,8 +444,8 @@ class ModelScorer:
         """
         if not self.tree_capable:  # attention that takes no masks of ours: each batch prefills and decodes alone
             return self._map_batches(encoded, lambda batch: self._greedy_batch([encoded[i] for i in batch], max_new_tokens))
-        checking = tree is not None and tree.size > 0
-        verified = tree if tree is not None and checking else AnswerTree()
+        verified = tree if tree is not None and tree.size else AnswerTree()
+        checking = verified.size > 0
         answers: list[list[int]] = [[] for _ in encoded]
         for group in self._decode_groups(encoded):
             rows = [encoded[i] for i in group]
@@ -455,19 +455,19 @@ class ModelScorer:
             if checking:
                 self.stats.tree_checks += len(rows)
                 self.stats.tree_accepted += sum(verdict.answer is not None for verdict, _ in prefilled)
-            pending = [r for r, (verdict, _) in enumerate(prefilled) if verdict.answer is None]
-            for r, (verdict, _) in enumerate(prefilled):
-                answers[group[r]] = verdict.prefix
+            verdicts = [verdict for verdict, _ in prefilled]
+            pending = [r for r, verdict in enumerate(verdicts) if verdict.answer is None]
             if self.draft is not None:
-                tails = [self._draft_decode(list(rows[r]) + prefilled[r][0].prefix, max_new_tokens - len(prefilled[r][0].prefix)) for r in pending]
+                tails = [self._draft_decode(list(rows[r]) + verdicts[r].prefix, max_new_tokens - len(verdicts[r].prefix)) for r in pending]
             else:
                 tails = self._map_batches(
-                    [list(rows[r]) + prefilled[r][0].prefix for r in pending],
+                    [list(rows[r]) + verdicts[r].prefix for r in pending],
                     lambda batch: self._decode_states([prefilled[pending[b]] for b in batch], max_new_tokens),
                     share=False, budget=DECODE_CACHE_FACTOR * self.max_batch_tokens,
                 )
-            for r, tail in zip(pending, tails):
-                answers[group[r]] = prefilled[r][0].prefix + tail
+            continued = dict(zip(pending, tails))
+            for r, verdict in enumerate(verdicts):
+                answers[group[r]] = verdict.answer if verdict.answer is not None else verdict.prefix + continued[r]
         return answers
 
     def _decode_groups(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -475,13 +475,13 @@ class ModelScorer:
         groups: list[list[int]] = []
         width = 0
         for batch in self._batches(rows):
-            grown = max([width, *(len(rows[i]) for i in batch)])
-            if groups and (len(groups[-1]) + len(batch)) * grown <= DECODE_CACHE_FACTOR * self.max_batch_tokens:
+            batch_width = max(len(rows[i]) for i in batch)
+            if groups and (len(groups[-1]) + len(batch)) * max(width, batch_width) <= DECODE_CACHE_FACTOR * self.max_batch_tokens:
                 groups[-1].extend(batch)
-                width = grown
+                width = max(width, batch_width)
             else:
                 groups.append(list(batch))
-                width = max(len(rows[i]) for i in batch)
+                width = batch_width
         return groups
 
     def _verify_batch(self, rows: Sequence[Sequence[int]], tree: AnswerTree, max_new_tokens: int, keep_states: bool = False):
@@ -617,16 +617,12 @@ class ModelScorer:
         one batch often differ in length by several tokens.
         """
         answers: list[list[int]] = [[] for _ in limits]
-        live = [r for r, limit in enumerate(limits) if limit > 0]  # answer index of each batch row
-        if len(live) < len(limits):
-            keep = torch.tensor(live, dtype=torch.long, device=self.device)
-            cache.batch_select_indices(keep)
-            logits, mask, next_position = logits[keep], mask[keep], next_position[keep]
+        live = list(range(len(limits)))  # answer index of each batch row
         while live:
             tokens = logits.argmax(dim=-1)
             staying = []
             for row, (r, t) in enumerate(zip(live, tokens.tolist())):
-                if t not in self.stop_ids:
+                if len(answers[r]) < limits[r] and t not in self.stop_ids:
                     answers[r].append(t)
                     if len(answers[r]) < limits[r]:
                         staying.append(row)
