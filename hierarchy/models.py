@@ -141,8 +141,26 @@ def load_model(
     loaded = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **kwargs)
     if quantization is None:
         loaded.to(torch.device(device))  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
+    elif quantization == "4bit" and not device.startswith("cuda"):
+        _keep_4bit_differentiable(loaded)
     loaded.eval()
     return LoadedModel(name=name, model=loaded, tokenizer=tokenizer)
+
+
+def _keep_4bit_differentiable(model: PreTrainedModel) -> None:
+    """Keep bitsandbytes' 4-bit CPU layers on their autograd path, so gradient methods work on every CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight at its first no-grad
+    forward into an inference-only layout whose kernel has no backward: from then on
+    every gradient through the layer is silently zero, so Integrated Gradients on the
+    same loaded model would fail (or, unchecked, report zeros). Coalition methods lose
+    that kernel's speed; `dtype="bfloat16"` without quantisation is the fast CPU path.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _skeleton(directory: Path, attn_implementation: str) -> PreTrainedModel:

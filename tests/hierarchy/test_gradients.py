@@ -170,7 +170,7 @@ def wide_llama_dir(tmp_path_factory):
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])
 def test_bitsandbytes_on_cpu_gradients_flow_and_integrated_gradients_is_complete(wide_llama_dir, quantization):
-    """bitsandbytes >= 0.50 backpropagates through CPU 4-bit layers too (older releases gave no gradient)."""
+    """bitsandbytes >= 0.50 backpropagates through CPU 4-bit layers too, AVX512-BF16 CPUs included (see `_keep_4bit_differentiable`)."""
     from longshap.hierarchy import Explainer
     from longshap.hierarchy.models import load_model
 
