@@ -21,7 +21,7 @@ import grpc
 from longshap.client.api import LongShapClient, LongShapError, explain_request, rerank_request
 from longshap.client.render import html_report, terminal_level, terminal_view
 from longshap.proto.wire import event_to_proto, explain_options, pb, prompt_options, rerank_to_proto
-from longshap.server.app import INT32_MAX, bounded
+from longshap.server.app import INT32_MAX, add_model_options, bounded, model_options
 
 if TYPE_CHECKING:
     from longshap.hierarchy import Explainer
@@ -166,7 +166,7 @@ def _local_explainer(args: argparse.Namespace) -> Explainer:
     from longshap.hierarchy import Explainer
 
     try:
-        return Explainer.from_pretrained(args.model or None)
+        return Explainer.from_pretrained(args.model or None, **model_options(args))
     except (OSError, ValueError, RuntimeError) as error:
         raise LongShapError(grpc.StatusCode.NOT_FOUND, f"model: {error}") from None
 
@@ -340,6 +340,17 @@ def _connection(parser: argparse.ArgumentParser, local: bool = True) -> None:
     parser.add_argument("--tls-ca", type=Path, help="PEM certificate(s) to trust; turns on TLS")
     parser.add_argument("--timeout", type=_timeout, help="deadline in seconds ('inf' or unset: none)")
     parser.add_argument("--model", help="served model name (with --local: a local model directory)")
+    if local:
+        add_model_options(parser)  # a server loads its own models: these flags need --local
+
+
+def _check_model_options(args: argparse.Namespace) -> None:
+    """Model-loading flags name how --local loads its model; against a server they would be silently ignored."""
+    if getattr(args, "local", True):
+        return
+    given = [f"--{flag.replace('_', '-')}" for flag, value in model_options(args).items() if value not in (None, "float32", "auto")]
+    if given:
+        raise UsageError(f"{', '.join(given)}: model loading options need --local (a server loads its models with `longshap serve` flags)")
 
 
 def _explanation_options(parser: argparse.ArgumentParser) -> None:
@@ -413,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve(args=args)
     try:
+        _check_model_options(args)
         code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return code

@@ -118,7 +118,7 @@ def load_model(
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
     if quantization not in QUANTISATIONS:
         raise ValueError(f"unknown quantization {quantization!r}; use 4bit, 8bit or none")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _checked_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     directory = resolve_model_dir(model)
     kwargs: dict = {"dtype": DTYPES[dtype], "attn_implementation": attention_implementation(attn_implementation, device)}
     if quantization is not None:
@@ -145,6 +145,19 @@ def load_model(
         _keep_4bit_differentiable(loaded)
     loaded.eval()
     return LoadedModel(name=name, model=loaded, tokenizer=tokenizer)
+
+
+def _checked_device(device: str) -> str:
+    """`device` if torch can place a model there, else a ValueError naming it (torch's own is an assert deep in `.to`)."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: not a torch device; use cpu, cuda, cuda:N, mps, ...") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is available to this process")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: Apple's MPS is not available on this machine")
+    return device
 
 
 def _keep_4bit_differentiable(model: PreTrainedModel) -> None:

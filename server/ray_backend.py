@@ -79,12 +79,12 @@ def disconnect() -> None:
 class Replica:
     """One copy of a model in a Ray worker process; runs one chunk at a time, can be told to stop a call."""
 
-    def __init__(self, model_path: str | None, max_batch_tokens: int, threads: int) -> None:
+    def __init__(self, model_path: str | None, max_batch_tokens: int, threads: int, load_options: dict) -> None:
         import torch
         from longshap.hierarchy import Explainer
 
         torch.set_num_threads(threads)
-        self.scorer = Explainer.from_pretrained(model_path, max_batch_tokens=max_batch_tokens).scorer
+        self.scorer = Explainer.from_pretrained(model_path, max_batch_tokens=max_batch_tokens, **load_options).scorer
         self._lock = threading.Lock()
         self._stopped: dict[str, float] = {}
 
@@ -117,18 +117,19 @@ class RayBackend:
     """`replicas` Ray actors serving one model; an Executor (server.batching) for the server.
 
     Needs a connected Ray (see `connect`). `chunk_rows` bounds the rows per chunk;
-    `threads` is each replica's torch thread count (and the CPUs it reserves).
+    `threads` is each replica's torch thread count (and the CPUs it reserves); `load_options` go to
+    every replica's `hierarchy.models.load_model` (device, dtype, quantization, attn_implementation).
     """
 
     def __init__(
         self, model_path: str | None, replicas: int = 2, chunk_rows: int = 64, threads: int = 1,
-        max_batch_tokens: int = 4096, ready_timeout_s: float = 300.0,
+        max_batch_tokens: int = 4096, ready_timeout_s: float = 300.0, load_options: dict | None = None,
     ) -> None:
         if replicas < 1 or chunk_rows < 1 or threads < 1:
             raise ValueError("replicas, chunk_rows and threads must be at least 1")
         self.chunk_rows = chunk_rows
         self._actor = ray.remote(Replica).options(num_cpus=threads, max_concurrency=2, max_restarts=0)
-        self._arguments = (model_path, max_batch_tokens, threads)
+        self._arguments = (model_path, max_batch_tokens, threads, dict(load_options or {}))
         self._lock = threading.Lock()
         self.replicas = [self._actor.remote(*self._arguments) for _ in range(replicas)]
         self._busy = [0] * replicas

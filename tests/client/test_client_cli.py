@@ -98,6 +98,29 @@ def test_local_mode_equals_the_server(tiny_server, tiny_llama_dir, jsonl, capsys
     assert _without_times(local) == _without_times(remote)
 
 
+def test_local_model_flags_load_the_model_that_way(tiny_llama_dir, jsonl, capsys):
+    from longshap.hierarchy import Explainer
+
+    argv = ["explain", "--question", QUESTION, "--docs-jsonl", str(jsonl), "--budget", "15", "--json", "--local", "--model", str(tiny_llama_dir)]
+    got = _run_json(capsys, [*argv, "--dtype", "bfloat16", "--device", "cpu", "--attn-implementation", "eager"])
+    engine = Explainer.from_pretrained(str(tiny_llama_dir), dtype="bfloat16", device="cpu", attn_implementation="eager")
+    expected = engine.explain(question=QUESTION, documents=DOCUMENTS, budget=15).to_dict()
+    assert _without_times(got) == _without_times(expected)
+    assert _without_times(got) != _without_times(_run_json(capsys, argv))  # float32 scores differ: the flag took effect
+
+
+@pytest.mark.parametrize("flags, named", [(["--dtype", "bfloat16"], "--dtype"), (["--quantization", "8bit", "--device", "cpu"], "--device, --quantization")])
+def test_model_flags_against_a_server_are_a_usage_error(doc_files, capsys, flags, named):
+    assert main(["explain", "--server", "127.0.0.1:1", "--question", "q", "--doc", doc_files[0], *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{named}: model loading options need --local" in err
+
+
+def test_an_unusable_local_device_exits_1_naming_it(tiny_llama_dir, doc_files, capsys):
+    assert main(["explain", "--local", "--model", str(tiny_llama_dir), "--question", "q", "--doc", doc_files[0], "--device", "gpu"]) == 1
+    assert "device 'gpu': not a torch device" in capsys.readouterr().err
+
+
 def test_models_lists_the_served_models(tiny_server, capsys):
     assert main(["models", "--server", tiny_server.address]) == 0
     assert capsys.readouterr().out.startswith("tiny (default)")

@@ -69,6 +69,14 @@ def test_unknown_dtype_and_quantization(tmp_path):
         load_model(str(tmp_path / "missing"), quantization="3bit")
 
 
+@pytest.mark.parametrize("device, message", [("gpu", "not a torch device"), ("cuda:0", "no CUDA device"), ("mps", "Apple.s MPS is not available")])
+def test_an_unusable_device_is_a_clear_error(tiny_llama_dir, device, message):
+    if device.startswith("cuda") and torch.cuda.is_available() or device == "mps" and torch.backends.mps.is_available():
+        pytest.skip(f"{device} is usable here")
+    with pytest.raises(ValueError, match=f"device '{device}': {message}"):
+        load_model(str(tiny_llama_dir), device=device)
+
+
 def test_flash_attention_falls_back_to_sdpa_on_cpu(caplog):
     with caplog.at_level(logging.WARNING, logger="longshap.hierarchy.models"):
         assert attention_implementation("flash_attention_2", "cpu") == "sdpa"

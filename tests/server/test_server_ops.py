@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -183,6 +184,16 @@ def test_longshap_serve_logs_json_requests_and_stops_on_sigterm(tiny_llama_dir, 
     assert {k: request[k] for k in ("method", "model", "outcome")} == {"method": "Explain", "model": "tiny", "outcome": "OK"}
     assert request["id"] and request["evaluations"] > 0 and request["wall_seconds"] >= 0 and request["characters"] > 0
     assert [e["message"] for e in entries][-2:] == ["shutting down", "stopped"]
+
+
+def test_serve_model_flags_reach_the_loaded_models(tiny_llama_dir):
+    from longshap.server.app import build_parser, load_explainers, model_options
+
+    args = build_parser().parse_args(["--model", f"tiny={tiny_llama_dir}", "--dtype", "bfloat16", "--device", "cpu", "--attn-implementation", "eager"])
+    explainer = load_explainers(args.model, load_options=model_options(args))["tiny"]
+    model = explainer.scorer.model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.config._attn_implementation == "eager"
 
 
 def test_longshap_serve_refuses_bad_options():

@@ -16,7 +16,7 @@ from longshap.server.batching import RequestScorer
 from serving import DOCUMENTS, LIMITS, QUESTION, qa_request, slow_request, wait_until
 
 ray = pytest.importorskip("ray")
-from longshap.server.ray_backend import RayBackend, connect, disconnect  # noqa: E402  (needs ray)
+from longshap.server.ray_backend import RayBackend, Replica, connect, disconnect  # noqa: E402  (needs ray)
 
 REQUEST = {"question": QUESTION, "documents": DOCUMENTS, "budget": 60, "seed": 5}
 
@@ -115,3 +115,12 @@ def test_a_killed_replica_is_replaced_and_nothing_is_lost_or_counted_twice(backe
     }
     tokens = [r.stats["forward_tokens"] + r.stats["reused_tokens"] for r in (result, reference)]
     assert tokens[0] == tokens[1]
+
+
+def test_a_replica_loads_its_model_with_the_serve_flags(tiny_llama_dir):
+    """`longshap serve --ray --dtype ...` hands its load options to every replica (here built in-process, outside Ray)."""
+    import torch
+
+    replica = Replica(str(tiny_llama_dir), max_batch_tokens=256, threads=1, load_options={"dtype": "bfloat16", "attn_implementation": "eager"})
+    assert {p.dtype for p in replica.scorer.model.parameters()} == {torch.bfloat16}
+    assert replica.scorer.model.config._attn_implementation == "eager"
