@@ -1,6 +1,7 @@
 """Long-context cost: 10/20/40-passage NQ, three-level explanations: today's engine vs the engine now, and flat word-level Shapley.
 
-Run from the repository root: `python -m bench.long_context [--quick] [--passages 10 20] [--runs before after flat] [--json PATH]`.
+Run from the repository root: `python -m bench.long_context [--quick] [--passages 10 20] [--runs before after after-bf16 flat]
+[--json PATH]`.
 
 - Prompts: NQ row 5's question with its gold passage among 9, 19 and 39 distractors
   (`client.data.nq_prompt`, seed 0), explained for the full prompt's greedy answer.
@@ -8,9 +9,11 @@ Run from the repository root: `python -m bench.long_context [--quick] [--passage
   cache across batches (each batch recomputes its own shared prefix), every level
   spends its budget. "after" is the engine now: the default estimator (`auto`), the
   prefix cache, and `adaptive=True` (confidence 0.95, ties within 5% of the effect)
-  with the same per-level budgets as caps. Both: document → sentence → word, Owen
-  mode, seed 0, budget B per level (quick: 4(n_docs + 1); full: each estimator's
-  default, 10(n + 1) per game).
+  with the same per-level budgets as caps, on the float32 model. "after-bf16" is "after"
+  on a bfloat16 copy of the model (`--dtype bfloat16`: the fast path on CPUs with
+  AMX/AVX512-BF16 and on GPUs); its document values are compared with after's. All:
+  document → sentence → word, Owen mode, seed 0, budget B per level (quick:
+  4(n_docs + 1); full: each estimator's default, 10(n + 1) per game).
 - "flat": word-level permutation Shapley over every word (one antithetic pair, as in
   `bench.hierarchy_vs_flat`), costed there: exact forwarded tokens with the prefix
   cache simulated at its real sizes, wall time extrapolated from real batches.
@@ -18,8 +21,9 @@ Run from the repository root: `python -m bench.long_context [--quick] [--passage
   what a pass-per-coalition engine would forward), the forwarded share, the prefix-tree
   share (tokens in the prefix tree of every scored sequence over total: the least any
   exact engine that shares common prefixes could forward for the same coalitions), wall seconds,
-  the speedup vs before, whether the top document, sentence and word agree, and (after) how
-  many units of each level adaptive allocation left unsettled when its budget ran out.
+  the speedup vs before, whether the top document, sentence and word agree, (after runs) how
+  many units of each level adaptive allocation left unsettled when its budget ran out, and
+  how far bfloat16 moved the document values from float32's.
 - A run left out with --runs is not estimated: its cells say so.
 """
 from __future__ import annotations
@@ -36,7 +40,7 @@ from bench.hierarchy_vs_flat import PERMUTATIONS, TIMED_BATCHES, flat_costed
 
 NQ_ROW = 5
 PASSAGES = (10, 20, 40)
-RUNS = ("before", "after", "flat")
+RUNS = ("before", "after", "after-bf16", "flat")
 
 
 def top_ids(result: Explanation) -> tuple[str, ...]:
@@ -88,6 +92,8 @@ def main() -> None:
     cli.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which runs to make (default all)")
     args = cli.parse_args()
     explainer = Explainer.from_pretrained(args.model)
+    # Every run but after-bf16 uses the float32 model the issue measured.
+    bf16 = Explainer.from_pretrained(args.model, dtype="bfloat16") if "after-bf16" in args.runs else None
     cache_bytes = explainer.scorer.prefix_kv.max_bytes
     nq = load_nq()
     table, figures = [], {}
@@ -97,10 +103,13 @@ def main() -> None:
         target = greedy_answer(explainer, prompt)
         n_words = sum(len(d["text"].split()) for d in prompt.documents)
         rows: dict[str, tuple[dict, float, tuple[str, ...] | None]] = {}
-        for name in ("before", "after"):
+        documents: dict[str, dict[str, float]] = {}
+        for name in ("before", "after", "after-bf16"):
             if name in args.runs:
-                result, ideal = explain(explainer, prompt, target, budget, name == "after", cache_bytes)
-                unsettled = "/".join(str(len(level.unsettled)) for level in result.levels) if name == "after" else "—"
+                runner = bf16 if name == "after-bf16" and bf16 is not None else explainer
+                result, ideal = explain(runner, prompt, target, budget, name != "before", cache_bytes)
+                documents[name] = {f.id: f.value for f in result.levels[0].features}
+                unsettled = "/".join(str(len(level.unsettled)) for level in result.levels) if name != "before" else "—"
                 top, (forwarded, total) = top_ids(result), tokens(result.stats)
                 rows[name] = ({**result.stats, "ideal_tokens": ideal, "unsettled": unsettled}, result.stats["wall_seconds"], top)
                 # A run can take an hour at 40 passages: report it before the next one starts.
@@ -127,9 +136,17 @@ def main() -> None:
                 figures[f"p{passages}_{name}_ideal_tokens"] = stats["ideal_tokens"]
             if top:
                 figures[f"p{passages}_{name}_top"] = "/".join(top)
-        if "before" in rows and "after" in rows:
-            figures[f"p{passages}_speedup"] = rows["before"][1] / rows["after"][1]
-            figures[f"p{passages}_same_top"] = rows["before"][2] == rows["after"][2]
+        for after in ("after", "after-bf16"):
+            if "before" in rows and after in rows:
+                figures[f"p{passages}_{after}_speedup"] = rows["before"][1] / rows[after][1]
+                figures[f"p{passages}_{after}_same_top"] = rows["before"][2] == rows[after][2]
+        if "after" in documents and "after-bf16" in documents:
+            # bfloat16 changes the game a little: how much, against the float32 run's largest document value.
+            shift = max(abs(documents["after-bf16"][d] - value) for d, value in documents["after"].items())
+            figures[f"p{passages}_bf16_document_shift"] = shift
+            figures[f"p{passages}_bf16_document_shift_of_top"] = shift / max(abs(v) for v in documents["after"].values())
+            print(f"{passages} passages: bfloat16 moved document values by at most {shift:.3f} "
+                  f"({figures[f'p{passages}_bf16_document_shift_of_top']:.1%} of the largest float32 value)", flush=True)
         _print(table, args.quick, explainer.loaded.name)
     write_json(args.json, {**figures, "quick": args.quick, "nq_row": NQ_ROW})
 
@@ -141,7 +158,8 @@ def _print(table: list, quick: bool, model: str) -> None:
          "time", "top doc/sentence/word", "unsettled per level"],
         table,
         f"Long-context NQ (row {NQ_ROW}), document→sentence→word, {'quick budgets 4(n+1)/level' if quick else 'default budgets'}, "
-        f"{model}; before = permutation, no prefix cache, fixed budgets; after = auto, prefix cache, adaptive allocation",
+        f"{model}; before = permutation, no prefix cache, fixed budgets; after = auto, prefix cache, adaptive allocation; "
+        "float32 but after-bf16",
     )
     print(flush=True)
 
