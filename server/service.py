@@ -236,8 +236,9 @@ class ExplainerService(pb_grpc.ExplainerServicer):
             future = self.worker.submit(work)
         except QueueFull as error:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
-        await context.send_initial_metadata((("x-request-id", record.id),))
         try:
+            # Inside the try: a client that cancels while the metadata is on its way must still stop the job.
+            await context.send_initial_metadata((("x-request-id", record.id),))
             while (item := await queue.get()) is not _END:
                 if isinstance(item, _Failure):
                     raise self._status(item.error, deadline, record.id)

@@ -1,12 +1,15 @@
 """Cancellation, deadlines and a full queue free or protect the single worker."""
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import grpc
 import pytest
 
-from serving import quick_request, slow_request, wait_until
+from longshap.server.service import ExplainerService, RequestLog
+from serving import LIMITS, quick_request, slow_request, wait_until
 
 
 def _first_event_seconds(stub) -> float:
@@ -55,3 +58,34 @@ def test_full_queue_answers_resource_exhausted_at_once(stub, tiny_server):
     waiting.cancel()
     wait_until(lambda: tiny_server.running.service.worker.pending == 0, 5)
     assert _first_event_seconds(stub) < 1.5
+
+
+class _CancelledWhileSendingMetadata:
+    """A context whose client is gone by the time the handler sends the initial metadata."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    async def send_initial_metadata(self, metadata) -> None:
+        raise asyncio.CancelledError
+
+
+def test_a_client_gone_before_the_metadata_still_stops_its_job(tiny_explainer):
+    # CI once hung here: the job was queued, the cancel landed on send_initial_metadata, and the
+    # job then ran its 10**6-evaluation budget with nobody listening, blocking every later request.
+    service = ExplainerService({"tiny": tiny_explainer}, "tiny", LIMITS)
+    started, stopped = threading.Event(), threading.Event()
+
+    def job(emit, should_stop) -> None:
+        started.set()
+        if wait_until(should_stop, 5) < 1:
+            stopped.set()
+
+    async def consume() -> None:
+        async for _ in service._run(job, _CancelledWhileSendingMetadata(), RequestLog("Explain")):
+            pass
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(consume())
+    assert wait_until(lambda: service.worker.pending == 0, 5) < 1
+    assert stopped.is_set() == started.is_set(), "a job that started must have been told to stop"
