@@ -150,12 +150,12 @@ def token_attributions(
             raise
         values = np.stack(attributions, axis=1)
         if movable.any() and not np.any(values[movable]):
-            # Not one document token got any gradient: some layer computes outside autograd (bitsandbytes
-            # 4-bit on CPU does), and the residual stream alone carries only zeros back. Never report those.
+            # Not one document token got any gradient: some layer computes outside autograd (as bitsandbytes'
+            # inference-only CPU 4-bit layout does), and the residual stream alone carries only zeros back. Never report those.
             raise ValueError(
                 f"method: {method} got no gradient at any document token of {type(scorer.model).__name__}"
                 f"{' (4-bit)' if getattr(scorer.model, 'is_loaded_in_4bit', False) else ''}: its layers compute without autograd, "
-                "so gradients cannot flow (bitsandbytes 4-bit on CPU does this); use a coalition method such as 'permutation'"
+                "so gradients cannot flow (as in bitsandbytes' inference-only CPU 4-bit layout); use a coalition method such as 'permutation'"
             )
         if not np.all(np.isfinite(values)):
             raise ValueError(f"method: {method} produced non-finite gradients on {type(scorer.model).__name__} (half precision overflow?)")
