@@ -15,6 +15,7 @@ part of their shared prefix that no earlier batch did.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, NoReturn, Sequence
@@ -91,7 +92,12 @@ class ModelScorer:
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id or 0
         self.stop_ids = self._stop_token_ids()
         self.prefix_kv = PrefixKVCache(self.prefix_cache_bytes if self.reuse_prefix else 0)
-        self.backbone = getattr(self.model, self.model.base_model_prefix)
+        # get_decoder, not base_model_prefix: transformers 4.x names Gemma 3's prefix `language_model`.
+        self.backbone = self.model.get_decoder()
+        # transformers 5 renames the forward's `past_key_values` to `cache` and drops the old
+        # name in 5.40, after which a cache passed under it would be silently ignored.
+        parameters = inspect.signature(self.backbone.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self.head = self.model.get_output_embeddings()
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         # Sliding-window layers mask by cache index, so pads between a shared prefix and a
@@ -268,7 +274,7 @@ class ModelScorer:
         cache.recorded.clear()
         ids = torch.tensor([list(prefix[cached:])], dtype=torch.long, device=self.device)
         positions = torch.arange(cached, len(prefix), device=self.device)[None, :]
-        self.backbone(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+        self._backbone(cache, input_ids=ids, position_ids=positions)
         new = [cache.recorded[layer] for layer in range(len(cache.recorded))]
         if states is None:
             return new
@@ -411,9 +417,7 @@ class ModelScorer:
             mask[r, : shared + len(suffix)] = 1
         positions = torch.arange(shared, shared + width, device=self.device).expand(len(rows), width)
         self._count_pass(sum(len(suffix) for suffix in suffixes))
-        hidden = self.backbone(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
-        ).last_hidden_state
+        hidden = self._backbone(cache, input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
         ends = torch.tensor([len(suffix) for suffix in suffixes], device=self.device)
         # A short row batched with a longer continuation has fewer than `keep` tokens; the
         # positions before its start are never read (its own span is shorter), so clamp them.
@@ -505,10 +509,7 @@ class ModelScorer:
         self._count_pass(sum(len(row) - shared for row in rows) + tree.size * len(rows))
         if keep_states and cache is None:
             cache = DynamicCache()  # every position kept (no window trimming): diverged rows gather theirs from it
-        out = self.backbone(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
-        )
-        hidden = out.last_hidden_state
+        hidden = self._backbone(cache, input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
 
         def argmax(pairs: Sequence[tuple[int, int]]) -> list[int]:
             """Next tokens after (row, tree node) pairs: node 0 is the row's last prompt token, node k sits at width + k - 1."""
@@ -518,11 +519,11 @@ class ModelScorer:
 
         verdicts = walk(tree, len(rows), argmax, self.stop_ids, max_new_tokens)
         states: list[LayerStates | None] = [None] * len(rows)
-        if keep_states:
+        if keep_states and cache is not None:
             for r, verdict in enumerate(verdicts):
                 if verdict.answer is None:
                     where = torch.tensor(self._tree_path_indices(len(rows[r]), shared, width, tree, verdict.prefix[:-1]), device=self.device)
-                    states[r] = [(layer.keys[r, :, where], layer.values[r, :, where]) for layer in out.past_key_values.layers]
+                    states[r] = [(layer.keys[r, :, where], layer.values[r, :, where]) for layer in cache.layers]
         return list(zip(verdicts, states))
 
     @staticmethod
@@ -606,8 +607,13 @@ class ModelScorer:
 
     def _last_logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> tuple[DynamicCache, torch.Tensor]:
         """One cached pass (a fresh cache when `cache` is None); the cache and the logits at each row's last position."""
-        out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-        return out.past_key_values, self._logits(out.last_hidden_state[:, -1])
+        cache = cache if cache is not None else DynamicCache(config=self.model.config)
+        out = self._backbone(cache, input_ids=ids, attention_mask=mask, position_ids=positions)
+        return cache, self._logits(out.last_hidden_state[:, -1])
+
+    def _backbone(self, cache: DynamicCache | None, **inputs: torch.Tensor | dict[str, torch.Tensor]):
+        """The backbone's output, filling `cache` in place (None: no cache) under the name this transformers reads."""
+        return self.backbone(**inputs, **{self._cache_argument: cache}, use_cache=cache is not None)
 
     def _decode(self, cache: DynamicCache, logits: torch.Tensor, mask: torch.Tensor, next_position: torch.Tensor, limits: Sequence[int]) -> list[list[int]]:
         """Greedy steps from a pass whose `logits` (rows, vocabulary) give each row's next token.
