@@ -149,10 +149,11 @@ class ModelScorer:
 
         With prefix reuse, rows go in lexicographic order (the common prefix of a run of
         sorted rows is that of its first and last), and a batch of k rows sharing L tokens
-        is closed before a row that would cut the shared prefix to L' when that costs the
-        batch more than the row gains, (L - L')(k - 1) > L': batches then follow the
-        groups of coalitions that share an outer context. With the prefix cache across
-        batches the next batch finds L' cached, so closing only costs a pass, counted as
+        is closed before a row that would cut the shared prefix to L' or add P pads when
+        that costs the batch more than the row gains, (L - L')(k - 1) + P > L': batches
+        then follow the groups of coalitions that share an outer context, and rows of very
+        different lengths (coalitions dropping whole documents) do not pad each other. With
+        the prefix cache across batches the next batch finds L' cached, so closing only costs a pass, counted as
         PASS_OVERHEAD_TOKENS: batches then follow the rows' prefix tree much more closely.
         Without reuse (or `share=False`), longest first, which minimises padding.
         """
@@ -173,7 +174,9 @@ class ModelScorer:
             full = area > (budget or self.max_batch_tokens) or len(current) >= self.max_batch_size
             # Closing recomputes the narrowed prefix, unless the prefix cache will hold it: then it only costs a pass.
             closing = min(narrowed, PASS_OVERHEAD_TOKENS) if self.prefix_kv.max_bytes else narrowed
-            wasteful = share and current and (shared - narrowed) * (len(current) - 1) > closing
+            # Pads cost a pass as much as tokens do: k rows widened by (grown - width), the new row by its own gap.
+            padding = len(current) * (grown - width) + grown - len(row)
+            wasteful = share and current and (shared - narrowed) * (len(current) - 1) + padding > closing
             if current and (full or wasteful):
                 batches.append(current)
                 current, grown, narrowed = [], len(row), len(row)

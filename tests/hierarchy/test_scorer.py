@@ -119,6 +119,16 @@ def test_stats_count_evaluations_and_forwarded_tokens(loaded):
     assert scorer.stats.as_dict()["evaluations"] == len(PROMPTS) + 2
 
 
+@pytest.mark.parametrize("cache_bytes", [0, 2**20])
+def test_rows_of_very_different_lengths_do_not_pad_each_other(loaded, cache_bytes):
+    """Pads cost a pass what tokens do: a row 300 tokens longer than its batch starts its own, with or without the cache."""
+    scorer = ModelScorer(loaded, prefix_cache_bytes=cache_bytes)
+    prefix = list(range(10, 110))
+    similar = [prefix + [5] * 10, prefix + [6] * 12, prefix + [7] * 11]
+    batches = scorer._batches([*similar, prefix + [8] * 300])
+    assert sorted(sorted(batch) for batch in batches) == [[0, 1, 2], [3]]
+
+
 def reference_greedy(scorer, prompt: str, max_new_tokens: int) -> list[int]:
     ids = torch.tensor([scorer.encode_prompt(prompt)])
     with torch.no_grad():
