@@ -172,8 +172,9 @@ class ModelScorer:
             # The shared prefix runs once, so only the padded suffixes count against the budget.
             area = (len(current) + 1) * (grown - (narrowed if share else 0))
             full = area > (budget or self.max_batch_tokens) or len(current) >= self.max_batch_size
-            # Closing recomputes the narrowed prefix, unless the prefix cache will hold it: then it only costs a pass.
-            closing = min(narrowed, PASS_OVERHEAD_TOKENS) if self.prefix_kv.max_bytes else narrowed
+            # Closing recomputes the narrowed prefix, unless the prefix cache will hold it (a batch of several rows
+            # stores its shared prefix; a row alone only reads the cache): then it only costs a pass.
+            closing = min(narrowed, PASS_OVERHEAD_TOKENS) if self.prefix_kv.max_bytes and len(current) > 1 else narrowed
             # Pads cost a pass as much as tokens do: k rows widened by (grown - width), the new row by its own gap.
             padding = len(current) * (grown - width) + grown - len(row)
             wasteful = share and current and (shared - narrowed) * (len(current) - 1) + padding > closing
