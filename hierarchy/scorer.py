@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, GenerationConfig
 
+from longshap.hierarchy.attention import NAME as ATTENTION_NAME
 from longshap.hierarchy.models import LoadedModel
 from longshap.hierarchy.prefix_cache import LayerStates, PrefixKVCache
 from longshap.hierarchy.speculative import AnswerTree, Verdict, tree_masks, walk
@@ -106,7 +107,7 @@ class ModelScorer:
         self.sliding_window = getattr(config, "sliding_window", None)
         layer_types = getattr(config, "layer_types", None) or []
         # Tree verification needs masks of our own; a model with sliding windows must accept one per layer type.
-        self.tree_capable = config._attn_implementation in ("sdpa", "eager") and (
+        self.tree_capable = config._attn_implementation in (ATTENTION_NAME, "sdpa", "eager") and (
             self.sliding_window is None or "sliding_attention" in layer_types
         )
         if self.draft is not None and self.draft.tokenizer.get_vocab() != self.tokenizer.get_vocab():

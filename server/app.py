@@ -89,8 +89,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--quantization", choices=("4bit", "8bit"), help="bitsandbytes weight quantisation (pip install 'longshap[quantization]')")
     group.add_argument(
-        "--attn-implementation", choices=("auto", "sdpa", "eager", "flash_attention_2"), default="auto",
-        help="attention kernel (auto: flash-attention 2 on CUDA when installed, else SDPA)",
+        "--attn-implementation", choices=("auto", "sdpa_blocked", "sdpa", "eager", "flash_attention_2"), default="auto",
+        help="attention kernel (auto: flash-attention 2 on CUDA when installed, else SDPA; on CPUs sdpa_blocked, "
+        "SDPA that skips the keys a mask hides)",
     )
 
 

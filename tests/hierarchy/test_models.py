@@ -22,7 +22,7 @@ def test_load_tiny_directory(tiny_llama_dir):
     assert loaded.tokenizer.is_fast
     assert not loaded.model.training
     assert loaded.model.config.architectures == ["LlamaForCausalLM"]
-    assert loaded.model.config._attn_implementation == "sdpa"
+    assert loaded.model.config._attn_implementation == "sdpa_blocked"  # the CPU default
     params = list(loaded.model.parameters())
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params)
     assert resolve_model_dir(tiny_llama_dir) == tiny_llama_dir
@@ -77,14 +77,15 @@ def test_an_unusable_device_is_a_clear_error(tiny_llama_dir, device, message):
         load_model(str(tiny_llama_dir), device=device)
 
 
-def test_flash_attention_falls_back_to_sdpa_on_cpu(caplog):
+def test_flash_attention_falls_back_to_blocked_sdpa_on_cpu(caplog):
     with caplog.at_level(logging.WARNING, logger="longshap.hierarchy.models"):
-        assert attention_implementation("flash_attention_2", "cpu") == "sdpa"
+        assert attention_implementation("flash_attention_2", "cpu") == "sdpa_blocked"
     assert any("flash_attention_2 needs a CUDA device" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="longshap.hierarchy.models"):
-        assert attention_implementation("auto", "cpu") == "sdpa"
-        assert attention_implementation(None, "cpu") == "sdpa"
+        assert attention_implementation("auto", "cpu") == "sdpa_blocked"
+        assert attention_implementation(None, "cpu") == "sdpa_blocked"
+        assert attention_implementation("sdpa", "cpu") == "sdpa"
         assert attention_implementation("eager", "cpu") == "eager"
     assert not caplog.records  # no fallback happened, so nothing to explain
     with pytest.raises(ValueError, match="unknown attention implementation 'magic'"):

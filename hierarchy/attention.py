@@ -1,0 +1,66 @@
+"""Block-bounded SDPA: each block of queries attends only to the keys its mask lets it see.
+
+With a materialised mask (padding, a shared-prefix cache, sliding windows) SDPA's CPU
+kernel multiplies every query by every key and masks afterwards. Gemma 3's
+sliding-window layers (5 of 6) let a query see 512 keys and its global layers half of
+a causal square, so on a 2-core CPU attention took 44% of a 1,373-token pass, at a
+tenth of the matmuls' arithmetic rate. Cutting the queries into blocks and each
+block's keys to the span its mask allows skips only masked-out work: a masked key
+adds nothing to a softmax, so outputs are SDPA's up to float rounding.
+
+Registered with transformers as `sdpa_blocked` (mask built as for `sdpa`), and the
+default attention on CPUs (`hierarchy.models.attention_implementation`).
+"""
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "sdpa_blocked"
+QUERY_BLOCK = 128
+"""Queries per block: smaller blocks hug a sliding window more tightly but make more, smaller kernel calls."""
+
+
+def key_span(mask: torch.Tensor) -> tuple[int, int]:
+    """First and one-past-last key column that any query of `mask` (..., queries, keys) may attend to.
+
+    Boolean masks allow True; additive masks allow anything above the dtype's minimum.
+    A mask that allows nothing keeps every column, so fully masked rows come out as SDPA gives them.
+    """
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min
+    columns = allowed.reshape(-1, allowed.shape[-1]).any(0).nonzero()
+    if len(columns) == 0:
+        return 0, mask.shape[-1]
+    return int(columns[0]), int(columns[-1]) + 1
+
+
+def blocked_sdpa_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, run block by block of queries over each block's visible key span."""
+    queries = query.shape[2]
+    # No mask: SDPA's own causal kernel already skips the masked half. A mask broadcast over queries has no blocks.
+    if attention_mask is None or queries <= QUERY_BLOCK or attention_mask.shape[-2] != queries:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    attention_mask = attention_mask[..., : key.shape[2]]
+    outputs = []
+    for start in range(0, queries, QUERY_BLOCK):
+        block_mask = attention_mask[..., start : start + QUERY_BLOCK, :]
+        first, last = key_span(block_mask)
+        output, _ = sdpa_attention_forward(
+            module, query[:, :, start : start + QUERY_BLOCK], key[:, :, first:last], value[:, :, first:last],
+            block_mask[..., first:last], **kwargs,
+        )
+        outputs.append(output)
+    return torch.cat(outputs, dim=1), None
+
+
+AttentionInterface.register(NAME, blocked_sdpa_attention_forward)
+AttentionMaskInterface.register(NAME, sdpa_mask)
