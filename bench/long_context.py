@@ -7,9 +7,11 @@ Run from the repository root: `python -m bench.long_context [--quick] [--passage
   (`client.data.nq_prompt`, seed 0), explained for the full prompt's greedy answer.
 - "before" is the engine as the scale issue found it: `permutation` sampling, no prefix
   cache across batches (each batch recomputes its own shared prefix), every level
-  spends its budget. "after" is the engine now: the default estimator (`auto`), the
-  prefix cache, and `adaptive=True` (confidence 0.95, ties within 5% of the effect)
-  with the same per-level budgets as caps, on the float32 model. "after-bf16" is "after"
+  spends its budget, plain SDPA attention. "after" is the engine now: the default
+  estimator (`auto`), the prefix cache, `adaptive=True` (confidence 0.95, ties within
+  5% of the effect, no rounds for decisions the rest of the budget cannot settle) with
+  the same per-level budgets as caps, and the default attention (on CPUs block-bounded
+  SDPA, `hierarchy.attention`), on the float32 model. "after-bf16" is "after"
   on a bfloat16 copy of the model (`--dtype bfloat16`: the fast path on CPUs with
   AMX/AVX512-BF16 and on GPUs); its document values are compared with after's. All:
   document → sentence → word, Owen mode, seed 0, budget B per level (quick:
@@ -92,7 +94,8 @@ def main() -> None:
     cli.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which runs to make (default all)")
     args = cli.parse_args()
     explainer = Explainer.from_pretrained(args.model)
-    # Every run but after-bf16 uses the float32 model the issue measured.
+    # Every run but after-bf16 uses the float32 model the issue measured; before, its attention too.
+    before = Explainer.from_pretrained(args.model, attn_implementation="sdpa") if "before" in args.runs else explainer
     bf16 = Explainer.from_pretrained(args.model, dtype="bfloat16") if "after-bf16" in args.runs else None
     cache_bytes = explainer.scorer.prefix_kv.max_bytes
     nq = load_nq()
@@ -106,7 +109,8 @@ def main() -> None:
         documents: dict[str, dict[str, float]] = {}
         for name in ("before", "after", "after-bf16"):
             if name in args.runs:
-                runner = bf16 if name == "after-bf16" and bf16 is not None else explainer
+                runner = {"before": before, "after": explainer, "after-bf16": bf16}[name]
+                assert runner is not None, "after-bf16 runs load a bfloat16 model"
                 result, ideal = explain(runner, prompt, target, budget, name != "before", cache_bytes)
                 documents[name] = {f.id: f.value for f in result.levels[0].features}
                 unsettled = "/".join(str(len(level.unsettled)) for level in result.levels) if name != "before" else "—"
@@ -158,8 +162,8 @@ def _print(table: list, quick: bool, model: str) -> None:
          "time", "top doc/sentence/word", "unsettled per level"],
         table,
         f"Long-context NQ (row {NQ_ROW}), document→sentence→word, {'quick budgets 4(n+1)/level' if quick else 'default budgets'}, "
-        f"{model}; before = permutation, no prefix cache, fixed budgets; after = auto, prefix cache, adaptive allocation; "
-        "float32 but after-bf16",
+        f"{model}; before = permutation, no prefix cache, fixed budgets, plain SDPA; after = auto, prefix cache, adaptive allocation, "
+        "block-bounded SDPA; float32 but after-bf16",
     )
     print(flush=True)
 

@@ -8,7 +8,10 @@ stream, the memoised game shared, so repeated coalitions are free), and a game's
 rounds are pooled. After each round the caller says which units are still unsettled
 (`unsettled_units` is the rule the explainer uses); only games holding such a unit
 get another round, so evaluations go where they can change the answer, and a level
-whose decisions are settled stops early. Differences smaller than INDIFFERENCE of the
+whose decisions are settled stops early. A decision that the rest of the budget could
+not settle, were its current estimate the truth, asks for no round either (futility
+stopping): ranks 2 to 9 of a sentence's words, a few hundredths apart with errors ten
+times that, would otherwise take a level's whole second half and still be open. Differences smaller than INDIFFERENCE of the
 level's total effect count as ties (an indifference zone), so near-equal units do not
 keep a level sampling to separate noise.
 
@@ -102,7 +105,13 @@ INDIFFERENCE = 0.05
 
 
 def unsettled_units(
-    scores: np.ndarray, stderr: np.ndarray, threshold: float | None, top_k: int | None, z: float, tolerance: float = 0.0
+    scores: np.ndarray,
+    stderr: np.ndarray,
+    threshold: float | None,
+    top_k: int | None,
+    z: float,
+    tolerance: float = 0.0,
+    projected: np.ndarray | None = None,
 ) -> np.ndarray:
     """Units whose expansion decision or top-k rank the data cannot yet tell at `z` standard errors.
 
@@ -117,21 +126,34 @@ def unsettled_units(
     equally good answer. Without it two units of (nearly) equal value, such as the many
     near-zero passages of a long context, would never settle and every level would spend
     its whole budget telling noise apart.
+
+    `projected`, when given, is each unit's standard error once its game has spent the
+    rest of its budget. An open comparison then counts only if that error would settle
+    it, were the current difference the truth: one the remaining budget cannot settle
+    (futile, in sequential-testing terms) asks for no more evaluations. An infinite
+    error says nothing of what more sampling can do, so it always counts. The report
+    of what is left open is made without `projected`.
     """
     scores, stderr = np.asarray(scores, dtype=float), np.asarray(stderr, dtype=float)
+    final = None if projected is None else np.asarray(projected, dtype=float)
 
-    def unsure(difference: np.ndarray, spread: np.ndarray) -> np.ndarray:
-        apart = np.abs(difference) >= z * spread
-        tied = np.abs(difference) + z * spread <= tolerance
-        return ~(apart | tied)
+    def settles(difference: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        return (np.abs(difference) >= z * spread) | (np.abs(difference) + z * spread <= tolerance)
+
+    def unsure(difference: np.ndarray, spread: np.ndarray, final_spread: np.ndarray | None) -> np.ndarray:
+        open_now = ~settles(difference, spread)
+        if final_spread is None:
+            return open_now
+        return open_now & (settles(difference, final_spread) | ~np.isfinite(spread))
 
     unsettled = np.zeros(len(scores), dtype=bool)
     if threshold is not None:
-        unsettled |= unsure(scores - threshold, stderr)
+        unsettled |= unsure(scores - threshold, stderr, final)
     order = np.argsort(-scores, kind="stable")
     ranked = order[: len(order) if top_k is None else min(len(order), top_k + 1)]
     for upper, lower in pairwise(ranked):
-        if unsure(scores[upper] - scores[lower], np.hypot(stderr[upper], stderr[lower])):
+        final_spread = None if final is None else np.hypot(final[upper], final[lower])
+        if unsure(scores[upper] - scores[lower], np.hypot(stderr[upper], stderr[lower]), final_spread):
             unsettled[[upper, lower]] = True
     return unsettled
 

@@ -274,7 +274,7 @@ class Explainer:
                 else:
                     sends = [send for send in progress if send is not None]
                     estimates = run_in_rounds(
-                        estimator, games, budgets, rngs, self._unsettled_games(run, level, last, groups),
+                        estimator, games, budgets, rngs, self._unsettled_games(run, level, last, groups, budgets),
                         (lambda index, snapshot: progress[index](snapshot)) if sends else None,
                     )
                 level_values = [e.values for e in estimates]
@@ -310,23 +310,44 @@ class Explainer:
 
         yield DoneEvent(self._explanation(run, results))
 
-    def _unsettled_units(self, run: _Run, level: str, last: bool, values: np.ndarray, stderr: np.ndarray) -> np.ndarray:
-        """The adaptive stopping rule, per unit: is its expansion decision or top-k rank still unsettled?"""
+    def _unsettled_units(
+        self, run: _Run, level: str, last: bool, values: np.ndarray, stderr: np.ndarray, shrink: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The adaptive stopping rule, per unit: is its expansion decision or top-k rank still unsettled?
+
+        With `shrink` (per unit, the factor its standard error would fall by once its game
+        spent its whole budget), only decisions the rest of the budget could settle count
+        (see `unsettled_units`).
+        """
         allocation = run.allocation
         assert allocation is not None
         importance = self._importance(values, stderr, (run.full_value, run.empty_value), run.value_fn)
         if importance is None:  # no total effect: nothing is expanded and every value is noise around zero
             return np.zeros(len(values), dtype=bool)
         scores, score_stderr, scale = importance
+        final = None if shrink is None else score_stderr * shrink
         threshold = None if last else run.request.thresholds[level] * scale
-        return unsettled_units(scores, score_stderr, threshold, run.request.max_expanded[level], allocation.z, INDIFFERENCE * scale)
+        return unsettled_units(
+            scores, score_stderr, threshold, run.request.max_expanded[level], allocation.z, INDIFFERENCE * scale, final
+        )
 
-    def _unsettled_games(self, run: _Run, level: str, last: bool, groups) -> Callable[[list[Pooled]], list[bool]]:
-        """Which games still hold an unsettled unit (see `_unsettled_units`): only those get another round."""
+    def _unsettled_games(
+        self, run: _Run, level: str, last: bool, groups, budgets: Sequence[int]
+    ) -> Callable[[list[Pooled]], list[bool]]:
+        """Which games hold a unit that another round could settle (see `_unsettled_units`): only those get one.
+
+        A game's standard errors are projected to shrink as 1/sqrt(evaluations), from what
+        it has spent to its whole budget: pooled rounds weigh their samples.
+        """
         bounds = np.cumsum([0, *(len(children) for _, children in groups)])
 
         def unsettled(pools: list[Pooled]) -> list[bool]:
-            flags = self._unsettled_units(run, level, last, pad_columns([p.values for p in pools]), pad_columns([p.stderr for p in pools]))
+            shrink = np.repeat(
+                [np.sqrt(min(1.0, max(p.evaluations, 1) / budget)) for p, budget in zip(pools, budgets)], np.diff(bounds)
+            )
+            flags = self._unsettled_units(
+                run, level, last, pad_columns([p.values for p in pools]), pad_columns([p.stderr for p in pools]), shrink
+            )
             return [bool(flags[start:end].any()) for start, end in zip(bounds[:-1], bounds[1:])]
 
         return unsettled

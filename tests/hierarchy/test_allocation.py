@@ -47,6 +47,41 @@ def test_near_ties_within_the_indifference_zone_settle():
     assert unsettled_units(np.array([0.5]), np.array([0.005]), 0.5, None, z).all()
 
 
+def test_decisions_the_rest_of_the_budget_cannot_settle_ask_for_nothing():
+    """Futility: with `projected` errors, an open comparison counts only if those errors would settle it."""
+    z = z_score(0.95)
+    half = np.sqrt(0.5)  # the rest of the budget doubles the evaluations
+    # Ranks 2 and 3 are 0.01 apart with errors of 0.2: open now, and still open at 0.14.
+    scores, stderr = np.array([1.0, 0.30, 0.29]), np.array([0.01, 0.2, 0.2])
+    assert unsettled_units(scores, stderr, None, None, z).tolist() == [False, True, True]
+    assert not unsettled_units(scores, stderr, None, None, z, projected=stderr * half).any()
+    # 0.3 apart with a spread of 0.17: open now (1.96 * 0.17 = 0.33), settled at 0.12: worth another round.
+    scores, stderr = np.array([1.0, 0.6, 0.3]), np.full(3, 0.12)
+    assert unsettled_units(scores, stderr, None, None, z, projected=stderr * half).tolist() == [False, True, True]
+    # A threshold decision 0.02 away with an error of 0.05 stays open at 0.035: futile; an infinite error always asks.
+    assert not unsettled_units(np.array([0.52]), np.array([0.05]), 0.5, None, z, projected=np.array([0.035])).any()
+    assert unsettled_units(np.array([0.52]), np.array([np.inf]), 0.5, None, z, projected=np.array([np.inf])).all()
+
+
+def test_rounds_project_errors_to_the_whole_budget_and_the_report_does_not(tiny_explainer, monkeypatch):
+    import longshap.hierarchy.explainer as explainer_module
+
+    calls: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    def recording(scores, stderr, threshold, top_k, z, tolerance=0.0, projected=None):
+        calls.append((stderr, projected))
+        return unsettled_units(scores, stderr, threshold, top_k, z, tolerance, projected)
+
+    monkeypatch.setattr(explainer_module, "unsettled_units", recording)
+    request = {"text": "a charming and often affecting journey , unflinchingly bleak and desperate", "labels": ["negative", "positive"]}
+    tiny_explainer.explain(**request, budget=400, adaptive=True)
+    (round_stderr, projected), (_, report) = calls[0], calls[-1]
+    assert projected is not None and report is None
+    finite = np.isfinite(round_stderr)
+    # After the first round (about half the budget) errors are projected to shrink by about sqrt(1/2).
+    np.testing.assert_allclose(projected[finite] / round_stderr[finite], np.sqrt(0.5), rtol=0.1)
+
+
 def test_pooling_is_a_sample_weighted_mean_with_propagated_stderr():
     pool = Pooled()
     pool.add(Estimate(np.array([[1.0], [2.0]]), np.array([[0.2], [0.2]]), 10, "m", samples=1), 10)
