@@ -3,8 +3,7 @@
 With a materialised mask (padding, a shared-prefix cache, sliding windows) SDPA's CPU
 kernel multiplies every query by every key and masks afterwards. Gemma 3's
 sliding-window layers (5 of 6) let a query see 512 keys and its global layers half of
-a causal square, so on a 2-core CPU attention took 44% of a 1,373-token pass, at a
-tenth of the matmuls' arithmetic rate. Cutting the queries into blocks and each
+a causal square, so on long prompts most of that work is masked out. Cutting the queries into blocks and each
 block's keys to the span its mask allows skips only masked-out work: a masked key
 adds nothing to a softmax, so outputs are SDPA's up to float rounding.
 
