@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
-from longshap.hierarchy.allocation import INDIFFERENCE, Allocation, Pooled, run_in_rounds, unsettled_units
+from longshap.hierarchy.allocation import INDIFFERENCE, Allocation, Pooled, expansion_could_change, run_in_rounds, unsettled_units
 from longshap.hierarchy.errors import Cancelled
 from longshap.hierarchy.estimators import Progress, get_estimator
 from longshap.hierarchy.estimators.base import Estimator
@@ -317,7 +317,8 @@ class Explainer:
 
         With `shrink` (per unit, the factor its standard error would fall by once its game
         spent its whole budget), only decisions the rest of the budget could settle count
-        (see `unsettled_units`).
+        (see `unsettled_units`), and so do units whose expansion that budget could change
+        (`expansion_could_change`).
         """
         allocation = run.allocation
         assert allocation is not None
@@ -327,9 +328,12 @@ class Explainer:
         scores, score_stderr, scale = importance
         final = None if shrink is None else score_stderr * shrink
         threshold = None if last else run.request.thresholds[level] * scale
-        return unsettled_units(
+        unsettled = unsettled_units(
             scores, score_stderr, threshold, run.request.max_expanded[level], allocation.z, INDIFFERENCE * scale, final
         )
+        if final is not None and threshold is not None:
+            unsettled |= expansion_could_change(scores, score_stderr, final, threshold)
+        return unsettled
 
     def _unsettled_games(
         self, run: _Run, level: str, last: bool, groups, budgets: Sequence[int]

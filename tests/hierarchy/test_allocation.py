@@ -8,6 +8,7 @@ import pytest
 from longshap.hierarchy.allocation import (
     Allocation,
     Pooled,
+    expansion_could_change,
     run_in_rounds,
     unsettled_units,
     z_score,
@@ -61,6 +62,16 @@ def test_decisions_the_rest_of_the_budget_cannot_settle_ask_for_nothing():
     # A threshold decision 0.02 away with an error of 0.05 stays open at 0.035: futile; an infinite error always asks.
     assert not unsettled_units(np.array([0.52]), np.array([0.05]), 0.5, None, z, projected=np.array([0.035])).any()
     assert unsettled_units(np.array([0.52]), np.array([np.inf]), 0.5, None, z, projected=np.array([np.inf])).all()
+
+
+def test_a_loosely_measured_unit_above_the_threshold_keeps_its_rounds():
+    """5.3 +- 7.0 against a threshold of 0.5: no z-interval settles at the projected 4.2, yet the expansion rule
+    (score - stderr >= threshold) would flip to expand it: such a unit must get its second round (10 NQ passages at
+    quick budgets stopped at the sentences without it)."""
+    scores, stderr, threshold = np.array([5.3, 0.3, 0.9]), np.array([7.0, 0.05, 0.3]), 0.5
+    projected = stderr * np.sqrt(16 / 44)
+    assert not unsettled_units(scores, stderr, threshold, None, z_score(0.95), projected=projected)[0]
+    assert expansion_could_change(scores, stderr, projected, threshold).tolist() == [True, False, False]
 
 
 def test_rounds_project_errors_to_the_whole_budget_and_the_report_does_not(tiny_explainer, monkeypatch):
