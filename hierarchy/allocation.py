@@ -162,8 +162,8 @@ def expansion_could_change(scores: np.ndarray, stderr: np.ndarray, projected: np
     """Units that TextGenSHAP's expansion rule (score - stderr >= threshold) would judge otherwise at the `projected` errors.
 
     The rule takes one standard error of margin, not z of them, so a unit well above the
-    threshold but measured loosely (5.3 +- 7.0, an Owen subgame of 3 sentences after 16
-    evaluations) is left unexpanded until its error shrinks, even when no z-interval
+    threshold but measured loosely (say 5.3 +- 7.0, as an Owen subgame of 3 sentences can
+    be after one small round) is left unexpanded until its error shrinks, even when no z-interval
     can be settled: futility stopping must not keep those evaluations from it.
     """
     return (scores - stderr >= threshold) != (scores - projected >= threshold)
