@@ -39,6 +39,9 @@ STOP_MEMORY_S = 600.0
 
 
 _CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOCAL_START_ATTEMPTS = 2
+"""A local cluster whose raylet misses Ray's 30 s start window is started once more: on a
+busy 2-core machine it once never came up (no raylet log at all), and came up at once after."""
 _saved_switch: tuple[str | None, bool] | None = None
 
 
@@ -59,7 +62,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     constants = ray._private.ray_constants
     _saved_switch = (os.environ.get(_CLUSTER_SWITCH), constants.ENABLE_RAY_CLUSTER)
     os.environ[_CLUSTER_SWITCH], constants.ENABLE_RAY_CLUSTER = "0", False
-    ray.init(include_dashboard=False, num_cpus=num_cpus, log_to_driver=False)
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(include_dashboard=False, num_cpus=num_cpus, log_to_driver=False)
+            break
+        except Exception as error:  # Ray raises a bare Exception when its raylet misses the start window
+            if "timed out during startup" not in str(error) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+            log.warning("the local Ray cluster did not start (%s); starting it again", error)
+            ray.shutdown()
     return True
 
 
