@@ -143,7 +143,7 @@ def main() -> None:
             n = len(units)
             game = CachedGame(probability, None if args.cache is None else args.cache / f"row{row}-{target_kind}.npz")
             held_out = np.random.default_rng(1000 + row).random((HELD_OUT, n)) < 0.5
-            answer_tokens = max(1, len(explainer.scorer.tokenizer(prompt.answers[0], add_special_tokens=False)["input_ids"]))
+            answer_tokens = max(1, len(explainer.engine.encode_offsets(prompt.answers[0])[0]))
             runs: list[tuple[str, np.ndarray, int, float]] = []
             for method, budget in LONGSHAP:
                 charged = Charged(game)

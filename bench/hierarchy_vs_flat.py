@@ -15,7 +15,7 @@ Run from the repository root: `python -m bench.hierarchy_vs_flat [--quick] [--js
 
 The flat game has ~900 players, so one pair is ~1,800 evaluations of ~1,400-token
 prompts: hours on a CPU. With --quick it is not run in full but costed: the real flat
-explanation runs on a scorer that tokenises, batches and shares prefixes exactly as the
+explanation runs on an engine that tokenises, batches and shares prefixes exactly as the
 real one and counts every batch's forwarded tokens, but forwards nothing (the
 permutation estimator's coalitions do not depend on the values, so the token count is
 exact; its prefix cache across batches is simulated with storage-free tensors of the
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Sequence
 
 import torch
@@ -37,8 +37,7 @@ from bench.common import parser, print_table, write_json
 from longshap.hierarchy import Explainer
 from longshap.client.data import NQPrompt, load_nq, nq_prompt
 from longshap.hierarchy.results import Explanation, Feature
-from longshap.hierarchy.prefix_cache import PrefixKVCache
-from longshap.hierarchy.scorer import ModelScorer
+from longshap.hierarchy.engines import CacheScope, RunContext, TransformersEngine
 
 DISTRACTORS = 9
 PERMUTATIONS = 2
@@ -48,45 +47,56 @@ TIMED_BATCHES = 4
 TOP = 5
 
 
-@dataclass
-class CostingScorer(ModelScorer):
-    """Batches rows exactly as ModelScorer and counts their tokens, but runs the model only on request."""
+class CostingEngine(TransformersEngine):
+    """The transformers engine's batching, prefix sharing and token accounting, without running the model.
 
-    batches: list[tuple[list[list[int]], int]] = field(default_factory=list)
-    simulate: bool = True
+    Every pass returns zeros of the real shapes and writes storage-free (meta) KV states
+    of the real sizes, so prefix states fill and evict as in a real run and every counted
+    token is exact; the values mean nothing. The batches it would have run are recorded.
+    """
 
-    def _last_logprobs(self, rows: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
-        shared = self._shared_prefix(rows, keep)
-        self.batches.append(([list(row) for row in rows], keep))
-        if shared:
-            cached, _ = self._prefix_states(list(rows[0][:shared]))
-            self._count_prefix(len(rows), shared, cached)
-        self._count_pass(sum(len(row) - shared for row in rows))
-        return torch.zeros((len(rows), keep, self.head.weight.shape[0]))
+    def __init__(self, loaded, **options) -> None:
+        super().__init__(loaded, **options)
+        self.batches: list[tuple[list[list[int]], int]] = []
+        """(token sequences, continuation length) of every batch."""
+        self._continuation = 0
 
-    def _extend(self, prefix: Sequence[int], cached: int, states) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Storage-free (meta) states of the real sizes: the prefix cache fills and evicts as in a real run."""
-        if not self.simulate:
-            return super()._extend(prefix, cached, states)
+    def score_tokens(self, rows, context):
+        self._continuation = max(len(continuation) for _, continuation in rows)
+        return super().score_tokens(rows, context)
+
+    def map_batches(self, rows, run, context, share=True, budget=None):
+        def recorded(batch: list[int]):
+            self.batches.append(([list(rows[i]) for i in batch], self._continuation))
+            return run(batch)
+
+        return super().map_batches(rows, recorded, context, share, budget)
+
+    def run_backbone(self, cache, **inputs):
         config = self.model.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        dtype = next(self.model.parameters()).dtype
-        shape = (1, config.num_key_value_heads, len(prefix), head_dim)
-        return [(torch.empty(shape, dtype=dtype, device="meta"),) * 2 for _ in range(config.num_hidden_layers)]
+        batch, length = inputs["input_ids"].shape
+        if cache is not None:
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            dtype = next(self.model.parameters()).dtype
+            shape = (batch, config.num_key_value_heads, length, head_dim)
+            for layer in range(config.num_hidden_layers):
+                cache.update(torch.empty(shape, dtype=dtype, device="meta"), torch.empty(shape, dtype=dtype, device="meta"), layer)
+        return SimpleNamespace(last_hidden_state=torch.zeros((batch, length, config.hidden_size)))
 
-    @torch.inference_mode()
-    def time_sample(self, count: int, seed: int) -> tuple[float, int]:
-        """Forward a seeded sample of the recorded batches through the model: (seconds, forwarded tokens)."""
-        sample = random.Random(seed).sample(self.batches, min(count, len(self.batches)))
-        # Real states for the timed batches, each computing its whole shared prefix (counted as forwarded).
-        counting, self.prefix_kv, self.simulate = self.prefix_kv, PrefixKVCache(0), False
-        tokens_before, started = self.stats.forward_tokens, time.perf_counter()
-        try:
-            for rows, keep in sample:
-                super()._last_logprobs(rows, keep)
-        finally:
-            self.prefix_kv, self.simulate = counting, True
-        return time.perf_counter() - started, self.stats.forward_tokens - tokens_before
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((*hidden.shape[:-1], self.head.weight.shape[0]))
+
+
+def time_sample(engine: TransformersEngine, batches: Sequence[tuple[list[list[int]], int]], count: int, seed: int) -> tuple[float, int]:
+    """Forward a seeded sample of recorded batches through the real engine: (seconds, forwarded tokens).
+
+    Each batch computes its whole shared prefix (no states kept), counted as forwarded."""
+    sample = random.Random(seed).sample(list(batches), min(count, len(batches)))
+    context = RunContext(cache=CacheScope(enabled=False))
+    started = time.perf_counter()
+    for sequences, continuation in sample:
+        engine.score_tokens([(row[:-continuation], row[-continuation:]) for row in sequences], context)
+    return time.perf_counter() - started, context.stats.forward_tokens
 
 
 def words(result: Explanation) -> list[Feature]:
@@ -101,11 +111,11 @@ def top_words(features: Sequence[Feature]) -> set[tuple[int, int]]:
 
 def flat_costed(explainer: Explainer, prompt: NQPrompt, target: str, budget: int, samples: int, seed: int) -> tuple[dict, float]:
     """The flat run's exact forwarded tokens and its wall time extrapolated from `samples` real batches."""
-    costing = Explainer(explainer.loaded, max_batch_tokens=explainer.scorer.max_batch_tokens)
-    costing.scorer = CostingScorer(explainer.loaded, max_batch_tokens=explainer.scorer.max_batch_tokens)
-    result = costing.explain(question=prompt.question, documents=prompt.documents, target=target,
-                             levels=("word",), method="permutation", budget=budget, seed=seed)
-    seconds, tokens = costing.scorer.time_sample(samples, seed)
+    engine = explainer.engine
+    costing = CostingEngine(engine.loaded, max_batch_tokens=engine.max_batch_tokens)
+    result = Explainer(costing).explain(question=prompt.question, documents=prompt.documents, target=target,
+                                        levels=("word",), method="permutation", budget=budget, seed=seed)
+    seconds, tokens = time_sample(engine, costing.batches, samples, seed)
     return result.stats, seconds / tokens * result.stats["forward_tokens"]
 
 
@@ -146,7 +156,7 @@ def main() -> None:
          "token ratio", "s hier", "s flat", "flat time", f"top-{TOP} overlap"],
         table,
         f"Hierarchical vs flat word-level permutation Shapley, {DISTRACTORS + 1} passages, {PERMUTATIONS} permutations "
-        f"(one antithetic pair) per game, {explainer.loaded.name}; flat tokens exact",
+        f"(one antithetic pair) per game, {explainer.engine.loaded.name}; flat tokens exact",
     )
     token_ratio = totals["flat_tokens"] / totals["hier_tokens"]
     write_json(args.json, {

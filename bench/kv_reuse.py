@@ -13,11 +13,11 @@ import time
 
 from bench.common import parser, print_table, write_json
 from longshap.hierarchy import Explainer
+from longshap.hierarchy.engines import TransformersEngine
 from longshap.client.data import load_nq, nq_prompt
 
 
-def run(explainer: Explainer, prompt, budget: int, reuse: bool, mode: str):
-    explainer.scorer.reuse_prefix = reuse
+def run(explainer: Explainer, prompt, budget: int, mode: str):
     started = time.perf_counter()
     result = explainer.explain(question=prompt.question, documents=prompt.documents, budget=budget, seed=0, mode=mode)
     return result, time.perf_counter() - started
@@ -27,6 +27,8 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     rows, budget, distractors = ([5], 40, 3) if args.quick else ([5, 3, 11], 100, 5)
     explainer = Explainer.from_pretrained(args.model)
+    # The same weights behind an engine that forwards every row whole.
+    plain = Explainer(TransformersEngine(explainer.engine.loaded, reuse_prefix=False))
     nq = load_nq()
     table, figures = [], {}
     worst = 0.0
@@ -34,8 +36,8 @@ def main() -> None:
         totals = {"off": 0, "on": 0, "t_off": 0.0, "t_on": 0.0}
         for row in rows:
             prompt = nq_prompt(nq, row, distractors, seed=0)
-            off, time_off = run(explainer, prompt, budget, False, mode)
-            on, time_on = run(explainer, prompt, budget, True, mode)
+            off, time_off = run(plain, prompt, budget, mode)
+            on, time_on = run(explainer, prompt, budget, mode)
             for level_off, level_on in zip(off.levels, on.levels):
                 diff = max(abs(a.value - b.value) for a, b in zip(level_off.features, level_on.features))
                 worst = max(worst, diff)
@@ -55,7 +57,7 @@ def main() -> None:
     print_table(
         ["mode", "NQ row", "level", "evals", "tokens off", "tokens on", "reused", "ratio", "s off", "s on", "max |Δvalue|"],
         table,
-        f"KV prefix reuse, {distractors + 1} passages, budget {budget}/level, {explainer.loaded.name}",
+        f"KV prefix reuse, {distractors + 1} passages, budget {budget}/level, {explainer.engine.loaded.name}",
     )
     for mode, suffix in (("owen", ""), ("local", "_local")):
         print(f"{mode}: sentence+word levels forward {figures['forwarded_token_ratio' + suffix]:.2f}× fewer tokens, "

@@ -34,7 +34,8 @@ from longshap.hierarchy import Explainer
 from longshap.client.data import NQPrompt, load_nq, nq_prompt
 from longshap.hierarchy.prompt import QAPrompt
 from longshap.hierarchy.results import Explanation
-from longshap.hierarchy.scorer import _common_prefix
+from longshap.hierarchy.engines import Engine
+from longshap.hierarchy.engines.planning import common_prefix
 from longshap.hierarchy.segmentation import Document, FeatureTree
 
 from bench.common import parser, print_table, write_json
@@ -58,34 +59,47 @@ def tokens(stats: dict) -> tuple[int, int]:
 def trie_tokens(rows: list[tuple[int, ...]]) -> int:
     """Tokens in the prefix tree of `rows`: what an ideal exact engine, sharing every common prefix, must forward."""
     ordered = sorted(set(rows))
-    return sum(len(row) - _common_prefix(previous, row) for previous, row in zip([(), *ordered], ordered))
+    return sum(len(row) - common_prefix(previous, row) for previous, row in zip([(), *ordered], ordered))
 
 
-def explain(explainer: Explainer, prompt: NQPrompt, target: str, budget: int | None, after: bool, cache_bytes: int) -> tuple[Explanation, int]:
+class RecordingEngine:
+    """An engine that passes every call on and records the token sequences it scores (prompt + continuation)."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.capabilities, self.architecture, self.max_batch_tokens = inner.capabilities, inner.architecture, inner.max_batch_tokens
+        self.scored: list[tuple[int, ...]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def score(self, rows, context):
+        # A row of single-token continuations is one sequence, the prompt; longer continuations are scored one by one.
+        for prompt, continuations in rows:
+            singles = all(len(c) == 1 for c in continuations)
+            self.scored.extend([tuple(prompt)] if singles else [tuple(prompt) + tuple(c) for c in continuations])
+        return self.inner.score(rows, context)
+
+    def score_tokens(self, rows, context):
+        self.scored.extend(tuple(prompt) + tuple(continuation) for prompt, continuation in rows)
+        return self.inner.score_tokens(rows, context)
+
+
+def explain(explainer: Explainer, prompt: NQPrompt, target: str, budget: int | None, after: bool) -> tuple[Explanation, int]:
     """One run, with the token count of the prefix tree of every sequence it scored."""
-    explainer.scorer.prefix_kv.max_bytes = cache_bytes if after else 0
     method = {} if after else {"method": "permutation"}  # after: the engine's default estimator
-    scored: list[tuple[int, ...]] = []
-    score = explainer.scorer._last_logprobs
-
-    def recording(rows, keep):
-        scored.extend(tuple(row) for row in rows)
-        return score(rows, keep)
-
-    explainer.scorer._last_logprobs = recording  # type: ignore[method-assign]
-    try:
-        result = explainer.explain(question=prompt.question, documents=prompt.documents, target=target, budget=budget, seed=0,
-                                   adaptive=after, **method)
-    finally:
-        del explainer.scorer._last_logprobs
-    return result, trie_tokens(scored)
+    recording = RecordingEngine(explainer.engine)
+    result = Explainer(recording).explain(question=prompt.question, documents=prompt.documents, target=target, budget=budget, seed=0,
+                                          adaptive=after, **method)
+    return result, trie_tokens(recording.scored)
 
 
 def greedy_answer(explainer: Explainer, prompt: NQPrompt) -> str:
     """The full prompt's greedy answer, computed once and given to every run as its target."""
     qa = QAPrompt(prompt.question, [Document(d["text"], d["title"]) for d in prompt.documents])
-    full = qa.render(FeatureTree(qa.documents, explainer.scorer.tokenizer))
-    return explainer.scorer.decode(explainer.scorer.greedy([full], 20)[0])
+    session = explainer.session()
+    full = qa.render(FeatureTree(qa.documents, session.token_offsets))
+    return session.decode(session.greedy([full], 20)[0])
 
 
 def main() -> None:
@@ -94,10 +108,9 @@ def main() -> None:
     cli.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which runs to make (default all)")
     args = cli.parse_args()
     explainer = Explainer.from_pretrained(args.model)
-    # Every run but after-bf16 uses the float32 model the issue measured; before, its attention too.
-    before = Explainer.from_pretrained(args.model, attn_implementation="sdpa") if "before" in args.runs else explainer
+    # Every run but after-bf16 uses the float32 model; before also plain SDPA and no prefix states kept between batches.
+    before = Explainer.from_pretrained(args.model, engine_options={"prefix_cache_bytes": 0}, attn_implementation="sdpa") if "before" in args.runs else explainer
     bf16 = Explainer.from_pretrained(args.model, dtype="bfloat16") if "after-bf16" in args.runs else None
-    cache_bytes = explainer.scorer.prefix_kv.max_bytes
     nq = load_nq()
     table, figures = [], {}
     for passages in args.passages:
@@ -111,7 +124,7 @@ def main() -> None:
             if name in args.runs:
                 runner = {"before": before, "after": explainer, "after-bf16": bf16}[name]
                 assert runner is not None, "after-bf16 runs load a bfloat16 model"
-                result, ideal = explain(runner, prompt, target, budget, name != "before", cache_bytes)
+                result, ideal = explain(runner, prompt, target, budget, name != "before")
                 documents[name] = {f.id: f.value for f in result.levels[0].features}
                 unsettled = "/".join(str(len(level.unsettled)) for level in result.levels) if name != "before" else "—"
                 top, (forwarded, total) = top_ids(result), tokens(result.stats)
@@ -119,7 +132,6 @@ def main() -> None:
                 # A run can take an hour at 40 passages: report it before the next one starts.
                 print(f"{passages} passages, {name}: {result.stats['coalitions']} evaluations, {forwarded} forwarded of "
                       f"{total} tokens, {result.stats['wall_seconds']:.0f} s, top {'/'.join(top)}", flush=True)
-        explainer.scorer.prefix_kv.max_bytes = cache_bytes
         if "flat" in args.runs:
             flat_stats, flat_seconds = flat_costed(explainer, prompt, target, PERMUTATIONS * (n_words + 1), TIMED_BATCHES, seed=0)
             rows["flat"] = (flat_stats, flat_seconds, None)
@@ -151,7 +163,7 @@ def main() -> None:
             figures[f"p{passages}_bf16_document_shift_of_top"] = shift / max(abs(v) for v in documents["after"].values())
             print(f"{passages} passages: bfloat16 moved document values by at most {shift:.3f} "
                   f"({figures[f'p{passages}_bf16_document_shift_of_top']:.1%} of the largest float32 value)", flush=True)
-        _print(table, args.quick, explainer.loaded.name)
+        _print(table, args.quick, explainer.engine.loaded.name)
     write_json(args.json, {**figures, "quick": args.quick, "nq_row": NQ_ROW})
 
 

@@ -106,7 +106,7 @@ def main() -> None:
 
                 connected = ray_backend.connect(num_cpus=cores) or connected
                 threads = max(1, cores // replicas)
-                backends = {"model": ray_backend.RayBackend(args.model, replicas=replicas, threads=threads)}
+                backends = {"model": ray_backend.RayEngine(explainer.engine, args.model, replicas=replicas, threads=threads)}
             config = ServerConfig(port=0, limits=limits, concurrency=concurrency, batching=batching)
             try:
                 with ServerThread(config, {"model": explainer}, backends) as server:

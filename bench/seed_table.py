@@ -88,18 +88,18 @@ class CaptumValue:
 
     def __init__(self, explainer: Explainer, sentence: Sentence) -> None:
         self.explainer, self.sentence = explainer, sentence
-        self.label_ids = [explainer.scorer.continuation_ids(sentence.render(np.ones(len(sentence.words), bool)), " " + label) for label in LABELS]
+        self.label_ids = [explainer.session().continuation_ids(sentence.render(np.ones(len(sentence.words), bool)), " " + label) for label in LABELS]
         self.index = LABELS.index(sentence.label)
         self.calls = 0
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        tokenizer = self.explainer.scorer.tokenizer
+        tokenizer = self.explainer.engine.tokenizer
         values = []
         for mask in masks.detach().cpu().numpy().astype(bool):
             self.calls += 1
             ids = torch.tensor([tokenizer(self.sentence.render(mask))["input_ids"]])
             with torch.no_grad():
-                scores = label_scores(self.explainer.loaded.model, ids, self.label_ids)[0]
+                scores = label_scores(self.explainer.engine.model, ids, self.label_ids)[0]
             values.append(scores[self.index] - torch.logsumexp(scores, 0))
         return torch.stack(values)[:, None].double()
 
@@ -134,15 +134,15 @@ def run_captum_perturbation(explainer: Explainer, sentence: Sentence, kind: str,
 
 def run_captum_gradient(explainer: Explainer, sentence: Sentence, kind: str) -> Run:
     """Captum's layer methods on the embedding layer over the full prompt's tokens, summed onto words."""
-    scorer, model = explainer.scorer, explainer.loaded.model
+    engine, model, session = explainer.engine, explainer.engine.model, explainer.session()
     full = sentence.render(np.ones(len(sentence.words), bool))
-    encoded = scorer.tokenizer(full, return_offsets_mapping=True)
+    encoded = engine.tokenizer(full, return_offsets_mapping=True)
     ids = torch.tensor([encoded["input_ids"]])
     anchors = np.array([token_anchor(full, s, e) for s, e in encoded["offset_mapping"]])
     start = sentence.prompt.text_starts(sentence.tree)[0]
     spans = [(start + sentence.tree.units[w].start, start + sentence.tree.units[w].end) for w in sentence.words]
     in_text = (anchors >= start) & (anchors < start + len(sentence.text))
-    label_ids = [scorer.continuation_ids(full, " " + label) for label in LABELS]
+    label_ids = [session.continuation_ids(full, " " + label) for label in LABELS]
     index = LABELS.index(sentence.label)
     rows = [0]
 
@@ -154,7 +154,7 @@ def run_captum_gradient(explainer: Explainer, sentence: Sentence, kind: str) -> 
     layer = model.get_input_embeddings()
     started = time.perf_counter()
     if kind == "ig":
-        baseline = torch.where(torch.tensor(in_text)[None], torch.full_like(ids, scorer.pad_id), ids)
+        baseline = torch.where(torch.tensor(in_text)[None], torch.full_like(ids, engine.pad_id), ids)
         tokens = LayerIntegratedGradients(forward, layer).attribute(ids, baselines=baseline, target=0, n_steps=IG_STEPS)[0].sum(-1)
     else:
         tokens = LayerGradientXActivation(forward, layer, multiply_by_inputs=False).attribute(ids, target=0)[0].abs().sum(-1)
@@ -164,14 +164,15 @@ def run_captum_gradient(explainer: Explainer, sentence: Sentence, kind: str) -> 
 
 
 def probability_of(explainer: Explainer, sentence: Sentence) -> Callable[[np.ndarray], np.ndarray]:
-    """p(ŷ | only the kept words), normalised over the labels, batched through the scorer."""
+    """p(ŷ | only the kept words), normalised over the labels, batched through one session of the engine."""
     full = sentence.render(np.ones(len(sentence.words), bool))
-    ids = [explainer.scorer.continuation_ids(full, " " + label) for label in LABELS]
+    session = explainer.session()
+    ids = [session.continuation_ids(full, " " + label) for label in LABELS]
     index = LABELS.index(sentence.label)
 
     def probability(keep: np.ndarray) -> np.ndarray:
         prompts = [sentence.render(row) for row in np.asarray(keep, bool).reshape(-1, len(sentence.words))]
-        return np.exp(normalised_label_logprobs(explainer.scorer, prompts, ids)[:, index])
+        return np.exp(normalised_label_logprobs(session, prompts, ids)[:, index])
 
     return probability
 
@@ -228,7 +229,7 @@ def main() -> None:
         ["method", "library", "s/sentence", "evals/sentence", "suff@20%", "comp@20%", "AOPC suff", "AOPC comp", "MAE vs exact", "paper (Captum)"],
         rows,
         f"SST-2 dev, {count} seeded sentences of {min(words)}-{max(words)} words (mean {np.mean(words):.3g}), "
-        f"value: normalised log p(predicted label), {explainer.loaded.name}",
+        f"value: normalised log p(predicted label), {explainer.engine.loaded.name}",
     )
     flat = {"sentences": count, "mean_words": float(np.mean(words))}
     for (name, side), figure in mean.items():

@@ -13,6 +13,7 @@ import time
 
 from bench.common import parser, print_table, write_json
 from longshap.hierarchy import Explainer
+from longshap.hierarchy.engines import TransformersEngine
 from longshap.client.data import load_nq, nq_prompt
 from longshap.hierarchy.models import load_model
 
@@ -32,9 +33,11 @@ def main() -> None:
     args = p.parse_args()
     rows, budget, distractors = ([5], 24, 3) if args.quick else ([5, 3, 11], 60, 3)
     explainer = Explainer.from_pretrained(args.model)
-    modes = [("plain", False, None), ("tree", True, None)]
+    loaded = explainer.engine.loaded
+    modes = [("plain", False, explainer), ("tree", True, explainer)]
     if args.draft:
-        modes.append(("tree+draft", True, explainer.loaded if args.draft == "self" else load_model(args.draft)))
+        draft = loaded if args.draft == "self" else load_model(args.draft)
+        modes.append(("tree+draft", True, Explainer(TransformersEngine(loaded, draft=draft))))
     nq = load_nq()
     table, figures = [], {}
     totals = {name: 0.0 for name, _, _ in modes}
@@ -42,9 +45,8 @@ def main() -> None:
     for row in rows:
         prompt = nq_prompt(nq, row, distractors, seed=0)
         reference = None
-        for name, speculative, draft in modes:
-            explainer.scorer.draft = draft
-            result, seconds = run(explainer, prompt, budget, speculative)
+        for name, speculative, runner in modes:
+            result, seconds = run(runner, prompt, budget, speculative)
             stats = result.stats
             values = [f.values_by_answer for level in result.levels for f in level.features]
             if reference is None:
@@ -54,11 +56,10 @@ def main() -> None:
             accepted = stats["tree_accepted"] / stats["tree_checks"] if stats["tree_checks"] else 0.0
             per_pass = stats["draft_tokens"] / stats["draft_target_passes"] if stats["draft_target_passes"] else 0.0
             table.append([row, name, stats["coalitions"], len(result.answers), stats["decode_steps"], accepted, per_pass, seconds])
-    explainer.scorer.draft = None
     print_table(
         ["NQ row", "decoding", "coalitions", "answers", "decode steps", "tree acceptance", "draft tokens/target pass", "seconds"],
         table,
-        f"answer-distribution explanations, {distractors + 1} passages, budget {budget}/level, {explainer.loaded.name}",
+        f"answer-distribution explanations, {distractors + 1} passages, budget {budget}/level, {loaded.name}",
     )
     speedup = totals["plain"] / totals["tree"]
     print(f"\ntree verification: {speedup:.2f}× faster; identical answers and values: {same}")

@@ -7,7 +7,7 @@ Captum and through LongSHAP, on the same model, prompt, word features and value.
 - Value (both sides): log p(predicted label continuation | prompt), not normalised over
   the labels, because that is what Captum's LLMAttribution scores (attr_target="log_prob").
   LongSHAP runs its estimators (`estimate`) on a value function over word masks that
-  renders the ClassificationPrompt and calls the batched scorer.
+  renders the ClassificationPrompt and calls the batched engine.
 - Features: whitespace words. Captum gets a TextTemplateInput with one slot per word and
   "" baselines, through a callable template that joins the kept words with single spaces:
   a "{} {} {}" string template would leave double spaces where a word was dropped, a
@@ -79,20 +79,22 @@ def sentences(count: int, max_words: int, seed: int) -> list[str]:
 
 def frame(explainer: Explainer, text: str) -> Sentence:
     prompt = ClassificationPrompt(text, LABELS)
-    tree = FeatureTree(prompt.documents, explainer.scorer.tokenizer)
+    session = explainer.session()
+    tree = FeatureTree(prompt.documents, session.token_offsets)
     words = tree.expand(ROOT, "word")
     full = prompt.render(tree)
-    ids = label_token_ids(explainer.scorer, full, LABELS)
-    best = int(np.argmax(explainer.scorer.continuation_logprobs([full], ids)[0]))
+    ids = label_token_ids(session, full, LABELS)
+    best = int(np.argmax(session.continuation_logprobs([full], ids)[0]))
     return Sentence(text, prompt, tree, words, LABELS[best], ids[best])
 
 
 def logprob_value(explainer: Explainer, sentence: Sentence) -> Callable[[np.ndarray], np.ndarray]:
     """log p(label | prompt with only the kept words), unnormalised: Captum's log_prob target."""
+    session = explainer.session()
 
     def value(masks: np.ndarray) -> np.ndarray:
         prompts = [sentence.render(row) for row in masks]
-        return explainer.scorer.continuation_logprobs(prompts, [sentence.label_ids])[:, 0]
+        return session.continuation_logprobs(prompts, [sentence.label_ids])[:, 0]
 
     return value
 
@@ -145,7 +147,7 @@ class Run:
 def run_captum(method, explainer: Explainer, inp: TextTemplateInput, target: torch.Tensor, seed: int, **kwargs) -> Run:
     before, started = inp.format_fn.calls, time.perf_counter()
     torch.manual_seed(seed)
-    result = LLMAttribution(method, explainer.scorer.tokenizer).attribute(inp, target=target, **kwargs)
+    result = LLMAttribution(method, explainer.engine.tokenizer).attribute(inp, target=target, **kwargs)
     return Run(result.seq_attr.double().cpu().numpy(), inp.format_fn.calls - before, time.perf_counter() - started)
 
 
@@ -157,7 +159,7 @@ def run_longshap(value: Callable[[np.ndarray], np.ndarray], n: int, method: str,
 
 def attribute(explainer: Explainer, sentence: Sentence, seed: int) -> dict[str, Run]:
     """The four timed attributions, interleaved, then the exact reference, for one sentence."""
-    model, n = explainer.loaded.model, len(sentence.words)
+    model, n = explainer.engine.model, len(sentence.words)
     inp = captum_input(sentence)
     target = torch.tensor(sentence.label_ids)
     value = logprob_value(explainer, sentence)
@@ -225,7 +227,7 @@ def main() -> None:
          "MAE vs exact", "AOPC suff", "AOPC comp"],
         rows,
         f"SST-2, {count} sentences of {min(words)}-{max(words)} words (mean {np.mean(words):.3g}), value log p(label), "
-        f"{explainer.loaded.name}; rendering identical on {checked} masks",
+        f"{explainer.engine.loaded.name}; rendering identical on {checked} masks",
     )
     figures = {
         "speedup_fa": speedup["fa"], "speedup_svs": speedup["svs"], "sentences": count, "mean_words": float(np.mean(words)),

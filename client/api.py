@@ -9,14 +9,15 @@ stream into the engine's Explanation JSON.
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from longshap.hierarchy.options import OPTIONS, Option
+from longshap.hierarchy.segmentation import LEVELS
 from longshap.proto.wire import SERVICE_NAME, pb, pb_grpc
 
-LEVEL_NAMES = ("document", "sentence", "word", "token")
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 """Word-level events of long documents can pass gRPC's default 4 MiB limit."""
 
@@ -34,15 +35,6 @@ class LongShapError(Exception):
         return cls(error.code(), error.details() or "")
 
 
-def _per_level(option: float | Mapping[str, float] | None) -> dict:
-    """One number applies to every level; a mapping is by level name."""
-    if option is None:
-        return {}
-    if isinstance(option, Mapping):
-        return dict(option)
-    return {level: option for level in LEVEL_NAMES}
-
-
 def explain_request(
     question: str | None = None,
     documents: Sequence[Mapping[str, str]] | None = None,
@@ -50,36 +42,33 @@ def explain_request(
     labels: Sequence[str] | None = None,
     instruction: str = "",
     model: str = "",
-    target: str | None = None,
-    levels: Sequence[str] = (),
-    thresholds: float | Mapping[str, float] | None = None,
-    max_expanded: int | Mapping[str, int] | None = None,
-    method: str = "",
-    budget: int | None = None,
-    seed: int = 0,
-    value: str = "",
-    mode: str = "",
-    placeholder: str | None = None,
-    target_stderr: float | None = None,
-    max_new_tokens: int | None = None,
-    speculative: bool = False,
-    adaptive: bool = False,
-    total_budget: int | None = None,
-    confidence: float | None = None,
-    baseline: str = "",
+    **options: Any,
 ) -> pb.ExplainRequest:
-    """Build an ExplainRequest: a QA prompt (question, documents) or a classification one (text, labels)."""
+    """Build an ExplainRequest: a QA prompt (question, documents) or a classification one (text, labels).
+
+    `options` are those of `longshap.hierarchy.options.OPTIONS` (target, levels, budget,
+    ...); one left out or None keeps the engine's default. A per-level option takes one
+    number for every level or a mapping by level name.
+    """
+    for name in options:
+        if name not in OPTIONS:
+            raise TypeError(f"explain_request() got an unexpected keyword argument {name!r}; the options are {', '.join(OPTIONS)}")
     if text is not None or labels is not None:
         prompt = {"classification": pb.ClassificationPrompt(instruction=instruction, text=text or "", labels=list(labels or []))}
     else:
         docs = [pb.Document(title=d.get("title", "") or "", text=d.get("text", "")) for d in documents or []]
         prompt = {"qa": pb.QAPrompt(instruction=instruction, documents=docs, question=question or "")}
-    return pb.ExplainRequest(
-        model=model, target=target, levels=list(levels), thresholds=_per_level(thresholds), max_expanded=_per_level(max_expanded),
-        method=method, budget=budget, seed=seed, value=value, mode=mode, placeholder=placeholder,
-        target_stderr=target_stderr, max_new_tokens=max_new_tokens, speculative=speculative, baseline=baseline,
-        adaptive=adaptive, total_budget=total_budget, confidence=confidence, **prompt,
-    )
+    fields = {name: _wire_value(OPTIONS[name], value) for name, value in options.items() if value is not None}
+    return pb.ExplainRequest(model=model, **fields, **prompt)
+
+
+def _wire_value(option: Option, value: Any) -> Any:
+    """An option's value as its field takes it: a per-level number for every level, one level name as a list."""
+    if option.per_level and not isinstance(value, Mapping):
+        return {level: value for level in LEVELS}
+    if option.repeated:
+        return [value] if isinstance(value, str) else list(value)
+    return value
 
 
 def rerank_request(question: str, documents: Sequence[Mapping[str, str]], candidates: Sequence[str], model: str = "", budget: int | None = None, seed: int = 0, method: str = "") -> pb.RerankRequest:

@@ -13,110 +13,22 @@ import math
 import os
 import ssl
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import grpc
 from longshap.client.api import LongShapClient, LongShapError, explain_request, rerank_request
-from longshap.client.render import html_report, terminal_level, terminal_view
-from longshap.proto.wire import event_to_proto, explain_options, pb, prompt_options, rerank_to_proto
-from longshap.server.app import INT32_MAX, add_model_options, bounded, model_options
+from longshap.client.inputs import UsageError, read_documents, read_text
+from longshap.client.render import LiveView, html_report, terminal_view
+from longshap.hierarchy.options import OPTIONS, Option
+from longshap.proto.wire import event_to_proto, explain_options, pb, prompt_options
+from longshap.server.app import add_model_options, given_model_flags, model_options
+from longshap.server.limits import bounded
 
 if TYPE_CHECKING:
     from longshap.hierarchy import Explainer
 
 DEFAULT_SERVER = "127.0.0.1:50051"
-SEED_MAX = 2**63 - 1
-
-
-class UsageError(Exception):
-    """Bad command-line input: exit code 2."""
-
-
-# ---- input ----------------------------------------------------------------------------------------------
-
-
-def read_text(path: str) -> str:
-    """A UTF-8 file, or stdin for '-'; anything else is a usage error naming the file."""
-    name = "stdin" if path == "-" else path
-    try:
-        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    except OSError as error:
-        raise UsageError(f"{name}: cannot read: {error.strerror or error}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UsageError(f"{name}: not valid UTF-8 (byte {error.start})") from None
-
-
-def read_documents(docs: Sequence[str], jsonl: str | None) -> list[dict]:
-    """Documents from --doc files (titled by file name) and/or a --docs-jsonl file of {"title", "text"} lines."""
-    if sum(path == "-" for path in [*docs, jsonl]) > 1:
-        raise UsageError("stdin ('-') can be read only once")
-    documents = [{"title": "" if path == "-" else Path(path).stem, "text": read_text(path)} for path in docs]
-    if jsonl is not None:
-        name = "stdin" if jsonl == "-" else jsonl
-        for number, line in enumerate(read_text(jsonl).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"{name}:{number}: not JSON: {error.msg}") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("title", ""), str):
-                raise UsageError(f'{name}:{number}: expected an object with a "text" string (and an optional "title")')
-            documents.append({"title": row.get("title", ""), "text": row["text"]})
-    if not documents:
-        raise UsageError("no documents: give --doc FILE (repeatable) or --docs-jsonl FILE")
-    return documents
-
-
-# ---- live display ---------------------------------------------------------------------------------------
-
-
-def progress_bar(level: str, done: int, planned: int, width: int = 30) -> str:
-    filled = min(width, round(width * done / planned)) if planned else width
-    return f"{level:>9} [{'#' * filled}{'.' * (width - filled)}] {done}/{planned} evaluations"
-
-
-class LiveView:
-    """Prints the answer and each finished level as they stream in; a progress bar on a terminal."""
-
-    def __init__(self, out: TextIO, err: TextIO, colour: bool, show_levels: bool, show_progress: bool) -> None:
-        self.out, self.err = out, err
-        self.colour, self.show_levels, self.show_progress = colour, show_levels, show_progress
-        self.started = time.perf_counter()
-        self.first_level_at: float | None = None
-        self.last_event_at: float | None = None
-        self.explanation: dict | None = None
-
-    def handle(self, event: pb.ExplainEvent) -> None:
-        self.last_event_at = time.perf_counter() - self.started
-        kind = event.WhichOneof("event")
-        if kind == "answer" and self.show_levels:
-            print(f"answer ({event.answer.source}): {event.answer.answer!r}", file=self.out, flush=True)
-        elif kind == "level_start":
-            self._bar(progress_bar(event.level_start.level, 0, event.level_start.planned_evaluations))
-        elif kind == "progress":
-            self._bar(progress_bar(event.progress.level, event.progress.evaluations, event.progress.planned_evaluations))
-        elif kind == "level":
-            self._bar("")
-            if self.first_level_at is None:
-                self.first_level_at = self.last_event_at
-            if self.show_levels:
-                print(f"{terminal_level(event.level.level, self.colour)}\n   (at +{self.last_event_at:.1f} s)", file=self.out, flush=True)
-        elif kind == "done":
-            self.explanation = json.loads(event.done.explanation_json)
-
-    def _bar(self, text: str) -> None:
-        if self.show_progress:
-            self.err.write(f"\r\x1b[2K{text}")
-            self.err.flush()
-
-    def timings(self) -> str:
-        first = f"{self.first_level_at:.1f} s" if self.first_level_at is not None else "-"
-        return f"first level event after {first}, last event after {self.last_event_at or 0:.1f} s"
 
 
 # ---- event sources --------------------------------------------------------------------------------------
@@ -168,7 +80,8 @@ def _local_explainer(args: argparse.Namespace) -> Explainer:
     try:
         return Explainer.from_pretrained(args.model or None, **model_options(args))
     except (OSError, ValueError, RuntimeError) as error:
-        raise LongShapError(grpc.StatusCode.NOT_FOUND, f"model: {error}") from None
+        code = grpc.StatusCode.NOT_FOUND if isinstance(error, OSError) else grpc.StatusCode.FAILED_PRECONDITION
+        raise LongShapError(code, f"cannot load a model: {error}") from None
 
 
 @contextlib.contextmanager
@@ -182,15 +95,21 @@ def _request_errors() -> Iterator[None]:
         raise LongShapError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
 
 
-def local_events(args: argparse.Namespace, message: pb.ExplainRequest, on_progress: Callable[[pb.ExplainEvent], None]) -> Iterator[pb.ExplainEvent]:
-    """Run the engine in-process under the same request rules, converted to the events a server streams."""
+def run_local(args: argparse.Namespace, message: pb.ExplainRequest, handle: Callable[[pb.ExplainEvent], None]) -> None:
+    """Run a server's Explain job in-process under the engine's request rules, handing on the events a server would stream."""
     from longshap.hierarchy.request import ExplainRequest
+    from longshap.server import jobs
 
     with _request_errors():
         request = ExplainRequest.build(**explain_options(message))
     explainer = _local_explainer(args)
     with _request_errors():
-        yield from (event_to_proto(e) for e in explainer.explain_stream(request, on_progress=lambda p: on_progress(event_to_proto(p))))
+        jobs.explain(explainer, request, lambda event: handle(event_to_proto(event)), _never_stop)
+
+
+def _never_stop() -> bool:
+    """In-process work ends with the process (Ctrl-C), not on a client's request."""
+    return False
 
 
 # ---- commands -------------------------------------------------------------------------------------------
@@ -202,13 +121,12 @@ def _explain(args: argparse.Namespace, request: pb.ExplainRequest, documents: li
     if args.html:
         _writable(args.html)
     view = LiveView(sys.stdout, sys.stderr, colour, show_levels=not args.json, show_progress=progress)
-    with contextlib.ExitStack() as stack:
-        if args.local:
-            events = local_events(args, request, view.handle)
-        else:
-            events = stack.enter_context(_client(args)).explain_events(request)
-        for event in events:
-            view.handle(event)
+    if args.local:
+        run_local(args, request, view.handle)
+    else:
+        with _client(args) as client:
+            for event in client.explain_events(request):
+                view.handle(event)
     explanation = view.explanation
     if explanation is None:
         raise LongShapError(grpc.StatusCode.UNKNOWN, "the explanation stream ended without its final event")
@@ -254,20 +172,14 @@ def per_level(kind: Callable[[str], float | int]) -> Callable[[str], float | int
     return parse
 
 
-def _common_request(args: argparse.Namespace) -> dict:
-    return dict(
-        model=args.model or "", target=args.target, levels=args.levels.split(",") if args.levels else (),
-        thresholds=args.threshold, max_expanded=args.max_expanded, method=args.method or "", budget=args.budget,
-        seed=args.seed, value=args.value or "", mode=args.mode or "", instruction=args.instruction or "",
-        placeholder=args.placeholder, target_stderr=args.target_stderr, max_new_tokens=args.max_new_tokens,
-        speculative=args.speculative, baseline=args.baseline or "", adaptive=args.adaptive, total_budget=args.total_budget,
-        confidence=args.confidence,
-    )
+def common_request(args: argparse.Namespace) -> dict:
+    """The explanation flags as `explain_request` keywords: a flag left out is None, so the engine's default applies."""
+    return {"model": args.model or "", "instruction": args.instruction or "", **{name: getattr(args, name) for name in OPTIONS}}
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     documents = read_documents(args.doc, args.docs_jsonl)
-    request = explain_request(question=args.question, documents=documents, **_common_request(args))
+    request = explain_request(question=args.question, documents=documents, **common_request(args))
     return _explain(args, request, documents, args.question)
 
 
@@ -276,22 +188,25 @@ def cmd_classify(args: argparse.Namespace) -> int:
         raise UsageError("give the text with exactly one of --text or --text-file")
     text = args.text if args.text is not None else read_text(args.text_file)
     labels = [label for spec in args.label for label in spec.split(",")]
-    request = explain_request(text=text, labels=labels, **_common_request(args))
+    request = explain_request(text=text, labels=labels, **common_request(args))
     return _explain(args, request, [{"title": "", "text": text}], "")
 
 
 def cmd_rerank(args: argparse.Namespace) -> int:
     documents = read_documents(args.doc, args.docs_jsonl)
-    request = rerank_request(args.question, documents, args.candidate, args.model or "", args.budget, args.seed, args.method or "")
+    request = rerank_request(args.question, documents, args.candidate, args.model or "", args.budget, args.seed or 0, args.method or "")
     if args.local:
-        from longshap.hierarchy.rerank import rerank, rerank_request as engine_rerank_request
+        from longshap.hierarchy.rerank import rerank_request as engine_rerank_request
+        from longshap.server import jobs
 
         options = dict(prompt_options(request.prompt), method=request.method or None, budget=args.budget, seed=request.seed)
         with _request_errors():
             engine_request, candidates = engine_rerank_request(list(request.candidates), **options)
         explainer = _local_explainer(args)
+        responses: list[pb.RerankResponse] = []
         with _request_errors():
-            response = rerank_to_proto(rerank(explainer, engine_request, candidates))
+            jobs.rerank(explainer, engine_request, candidates, responses.append, _never_stop)
+        (response,) = responses
     else:
         with _client(args) as client:
             response = client.rerank(request)
@@ -325,12 +240,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 # ---- parser ---------------------------------------------------------------------------------------------
 
 
-def method_names() -> list[str]:
-    from longshap.hierarchy.request import method_names as names
-
-    return names()
-
-
 def _connection(parser: argparse.ArgumentParser, local: bool = True) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--server", default=os.environ.get("LONGSHAP_SERVER", DEFAULT_SERVER), help=f"HOST:PORT (default $LONGSHAP_SERVER or {DEFAULT_SERVER})")
@@ -348,30 +257,68 @@ def _check_model_options(args: argparse.Namespace) -> None:
     """Model-loading flags name how --local loads its model; against a server they would be silently ignored."""
     if getattr(args, "local", True):
         return
-    given = [f"--{flag.replace('_', '-')}" for flag, value in model_options(args).items() if value not in (None, "float32", "auto")]
+    given = given_model_flags(args)
     if given:
         raise UsageError(f"{', '.join(given)}: model loading options need --local (a server loads its models with `longshap serve` flags)")
 
 
+def add_option(parser: argparse.ArgumentParser, option: Option, help: str | None = None) -> None:
+    """A request option as a flag (help, type, choices and integer bounds from its declaration); left out, it is None.
+
+    Integers are bounded here, since the wire cannot carry one out of its range; numbers
+    are left to the engine's rules, so --local and a server refuse them alike.
+    """
+    settings: dict[str, Any] = {"dest": option.name}
+    if option.kind is bool:
+        settings["action"] = "store_true"
+    else:
+        settings["metavar"] = option.cli_flag.removeprefix("--").replace("-", "_").upper()
+        settings["type"] = bounded(int, *option.bounds) if option.kind is int else option.kind
+        if option.per_level:
+            settings["type"] = per_level(settings["type"])
+        elif option.repeated:
+            settings["type"] = name_list(option)
+        elif option.choices:
+            settings["choices"] = option.allowed
+    settings["help"] = _help(option, help or option.help).replace("%", "%%")
+    parser.add_argument(option.cli_flag, **settings)
+
+
+def _help(option: Option, text: str) -> str:
+    """The option's help, with its choices or range and (unless none or off) its default."""
+    if option.repeated:
+        text += f"; comma-separated, each one of {' | '.join(option.allowed)}"
+    elif option.choices:
+        text += f"; one of {' | '.join(option.allowed)}"
+    elif option.kind in (int, float):
+        text += f"; {option.requirement}"
+    default = option.default
+    if isinstance(default, dict):
+        default = ",".join(f"{level}={value}" for level, value in default.items())
+    elif isinstance(default, tuple):
+        default = ",".join(default)
+    if option.per_level:
+        text += ", one for every level or comma-separated LEVEL=VALUE pairs"
+    return text if default is None or default is False else f"{text} (default: {default})"
+
+
+def name_list(option: Option) -> Callable[[str], list[str]]:
+    """argparse type: comma-separated names among the option's choices."""
+
+    def parse(text: str) -> list[str]:
+        chosen = [name.strip() for name in text.split(",")]
+        for name in chosen:
+            if name not in option.allowed:
+                raise argparse.ArgumentTypeError(f"unknown {option.noun or option.name} {name!r}; choose from {', '.join(option.allowed)}")
+        return chosen
+
+    return parse
+
+
 def _explanation_options(parser: argparse.ArgumentParser) -> None:
     _connection(parser)
-    parser.add_argument("--target", help="the answer/label to explain (default: the model's own)")
-    parser.add_argument("--levels", help="comma-separated, coarse to fine, e.g. document,sentence,word")
-    parser.add_argument("--threshold", type=per_level(float), help="expansion threshold: one for every level, or e.g. document=0.2,sentence=0.1")
-    parser.add_argument("--max-expanded", type=per_level(int), help="most units expanded per level: one number, or e.g. document=2,sentence=4")
-    parser.add_argument("--method", help=f"estimator: {' | '.join(method_names())}")
-    parser.add_argument("--adaptive", action="store_true", help="spend evaluations only where expansion or top-k order is unsettled")
-    parser.add_argument("--total-budget", type=bounded(int, 1, INT32_MAX), help="model evaluations for all levels together (implies --adaptive)")
-    parser.add_argument("--confidence", type=float, help="confidence at which --adaptive calls a decision settled (default 0.95)")
-    parser.add_argument("--baseline", choices=("zero", "pad"), help="integrated_gradients' baseline embedding (default zero)")
-    parser.add_argument("--budget", type=bounded(int, 1, INT32_MAX), help="model evaluations per level")
-    parser.add_argument("--seed", type=bounded(int, 0, SEED_MAX), default=0, help=f"0..{SEED_MAX}")
-    parser.add_argument("--value", help="logprob | probability | answers | label")
-    parser.add_argument("--mode", help="owen (children add up to their parent, default) | local (everything outside the unit stays)")
-    parser.add_argument("--target-stderr", type=float, help="stop a level early once every standard error is below this")
-    parser.add_argument("--placeholder", help="replace removed units with this text instead of dropping them")
-    parser.add_argument("--max-new-tokens", type=int, help="longest greedy answer (default 20)")
-    parser.add_argument("--speculative", action="store_true", help="verify already-seen answers in one pass (value 'answers')")
+    for option in OPTIONS.values():
+        add_option(parser, option)
     parser.add_argument("--instruction", help="replaces the default instruction")
     parser.add_argument("--json", action="store_true", help="print the explanation as the engine's JSON")
     parser.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")
@@ -406,9 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     _documents_options(rerank)
     rerank.add_argument("--candidate", action="append", required=True, help="a candidate answer (repeatable)")
     _connection(rerank)
-    rerank.add_argument("--budget", type=bounded(int, 1, INT32_MAX), help="document-level evaluations per candidate")
-    rerank.add_argument("--seed", type=bounded(int, 0, SEED_MAX), default=0, help=f"0..{SEED_MAX}")
-    rerank.add_argument("--method")
+    add_option(rerank, OPTIONS["budget"], "document-level evaluations per candidate")
+    add_option(rerank, OPTIONS["seed"])
+    add_option(rerank, OPTIONS["method"])
     rerank.add_argument("--json", action="store_true")
     rerank.set_defaults(run=cmd_rerank)
     models = commands.add_parser("models", help="list a server's models and limits")

@@ -1,4 +1,4 @@
-"""Views of an explanation (the engine's JSON schema): shaded terminal text and a self-contained HTML page.
+"""Views of an explanation (the engine's JSON schema): shaded terminal text, a self-contained HTML page, and the live view of a stream.
 
 Both draw each document's text with its units shaded by value: green where a unit
 raises the explained answer's value, red where it lowers it, each level scaled by its
@@ -8,8 +8,12 @@ explained unit sets the colour.
 from __future__ import annotations
 
 import html
+import json
 import math
-from typing import Callable, Sequence
+import time
+from typing import Callable, Sequence, TextIO
+
+from longshap.proto.wire import pb
 
 POSITIVE = (22, 163, 74)
 NEGATIVE = (220, 38, 38)
@@ -267,3 +271,47 @@ def html_report(explanation: dict, documents: Sequence[dict], question: str = ""
         + charts(explanation)
         + "</body></html>\n"
     )
+
+
+def progress_bar(level: str, done: int, planned: int, width: int = 30) -> str:
+    filled = min(width, round(width * done / planned)) if planned else width
+    return f"{level:>9} [{'#' * filled}{'.' * (width - filled)}] {done}/{planned} evaluations"
+
+
+class LiveView:
+    """Prints the answer and each finished level as they stream in; a progress bar on a terminal."""
+
+    def __init__(self, out: TextIO, err: TextIO, colour: bool, show_levels: bool, show_progress: bool) -> None:
+        self.out, self.err = out, err
+        self.colour, self.show_levels, self.show_progress = colour, show_levels, show_progress
+        self.started = time.perf_counter()
+        self.first_level_at: float | None = None
+        self.last_event_at: float | None = None
+        self.explanation: dict | None = None
+
+    def handle(self, event: pb.ExplainEvent) -> None:
+        self.last_event_at = time.perf_counter() - self.started
+        kind = event.WhichOneof("event")
+        if kind == "answer" and self.show_levels:
+            print(f"answer ({event.answer.source}): {event.answer.answer!r}", file=self.out, flush=True)
+        elif kind == "level_start":
+            self._bar(progress_bar(event.level_start.level, 0, event.level_start.planned_evaluations))
+        elif kind == "progress":
+            self._bar(progress_bar(event.progress.level, event.progress.evaluations, event.progress.planned_evaluations))
+        elif kind == "level":
+            self._bar("")
+            if self.first_level_at is None:
+                self.first_level_at = self.last_event_at
+            if self.show_levels:
+                print(f"{terminal_level(event.level.level, self.colour)}\n   (at +{self.last_event_at:.1f} s)", file=self.out, flush=True)
+        elif kind == "done":
+            self.explanation = json.loads(event.done.explanation_json)
+
+    def _bar(self, text: str) -> None:
+        if self.show_progress:
+            self.err.write(f"\r\x1b[2K{text}")
+            self.err.flush()
+
+    def timings(self) -> str:
+        first = f"{self.first_level_at:.1f} s" if self.first_level_at is not None else "-"
+        return f"first level event after {first}, last event after {self.last_event_at or 0:.1f} s"

@@ -1,8 +1,9 @@
 """LongSHAP's engine: hierarchical Shapley explanations of an LLM's answer over long context.
 
-Three independent axes, each its own module: what a feature is (`segmentation`),
-what a coalition is worth (`values` over the batched `scorer`), and how coalitions
-are chosen (`estimators`). `explainer` walks the hierarchy.
+Four independent axes, each its own module: what a feature is (`segmentation`),
+what a coalition is worth (`values`), how coalitions are chosen (`estimators`) and
+what runs the model (`engines`, one protocol with a per-request run context).
+`explainer` walks the hierarchy.
 
 Names are imported on first use, and torch only once a model is loaded, so
 `import longshap.hierarchy` (and the CLI's --help) stays fast.

@@ -33,6 +33,7 @@ from statistics import NormalDist
 import numpy as np
 from longshap.hierarchy.estimators.base import Estimate, Estimator, Progress
 from longshap.hierarchy.games import MemoisedGame, pad_to
+from longshap.hierarchy.options import OPTIONS
 
 ROUNDS = 2
 """A game's budget is spent in up to this many rounds: at best a settled level costs FIRST_SHARE of it."""
@@ -211,16 +212,13 @@ def _round_share(budget: int, done: int, rounds: int) -> int:
 class Allocation:
     """A request's adaptive-allocation settings (validated)."""
 
-    confidence: float = 0.95
+    confidence: float = OPTIONS["confidence"].default
     total_budget: int | None = None
     """Model evaluations for all levels together; a level gets an even share of what is left."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) or not 0 < self.confidence < 1:
-            raise ValueError(f"confidence: must be a number strictly between 0 and 1, got {self.confidence!r}")
-        budget = self.total_budget
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"total_budget: must be a positive integer, got {budget!r}")
+        OPTIONS["confidence"].check(self.confidence)
+        OPTIONS["total_budget"].resolve(self.total_budget)
 
     @property
     def z(self) -> float:

@@ -17,7 +17,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-NAME = "sdpa_blocked"
+from longshap.hierarchy.options import SDPA_BLOCKED as NAME
+
 QUERY_BLOCK = 128
 """Queries per block: smaller blocks hug a sliding window more tightly but make more, smaller kernel calls."""
 

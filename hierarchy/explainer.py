@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 from longshap.hierarchy.allocation import INDIFFERENCE, Allocation, Pooled, expansion_could_change, run_in_rounds, unsettled_units
-from longshap.hierarchy.errors import Cancelled
+from longshap.hierarchy.engines.base import GRADIENTS, CacheScope, Engine, RunContext
+from longshap.hierarchy.engines.session import ModelSession
 from longshap.hierarchy.estimators import Progress, get_estimator
 from longshap.hierarchy.estimators.base import Estimator
 from longshap.hierarchy.request import ExplainRequest, RequestError
@@ -37,7 +38,7 @@ from longshap.hierarchy.subgames import RequestGame, UnitGame
 from longshap.hierarchy.values import Target, ValueFunction, build_value_function
 from longshap.hierarchy.values.label import label_token_ids, normalised_label_logprobs
 
-if TYPE_CHECKING:  # models and scorer import torch: only once a model is needed
+if TYPE_CHECKING:  # models and engines import torch: only once a model is needed
     from longshap.hierarchy.models import LoadedModel
 
 PROGRESS_INTERVAL_S = 0.5
@@ -48,6 +49,7 @@ class _Run:
     """Everything one explanation's level walk needs, fixed once the request is validated."""
 
     request: ExplainRequest
+    session: ModelSession
     tree: FeatureTree
     game: RequestGame
     value_fn: ValueFunction
@@ -55,7 +57,6 @@ class _Run:
     empty_value: np.ndarray
     on_progress: Callable[[ProgressEvent], None] | None
     started: float
-    stats_before: dict
     answer_event: AnswerEvent
     allocation: Allocation | None = None
     """Adaptive allocation (None: every game spends its budget in one run)."""
@@ -64,28 +65,47 @@ class _Run:
 
 
 class Explainer:
-    """Hierarchical Shapley explanations of a causal LM's answer."""
+    """Hierarchical Shapley explanations of a causal LM's answer.
 
-    def __init__(self, loaded: LoadedModel, max_batch_tokens: int = 4096, draft: LoadedModel | None = None) -> None:
-        from longshap.hierarchy.scorer import ModelScorer
+    Safe to share between threads: each request gets its own run context (stop flag,
+    statistics, prefix states), and the engine is the only shared part.
+    """
 
-        self.loaded = loaded
-        self.scorer = ModelScorer(loaded, max_batch_tokens=max_batch_tokens, draft=draft)
+    def __init__(self, engine: Engine | LoadedModel, cache_scope: CacheScope | None = None) -> None:
+        """`engine` runs the model (a `LoadedModel` gets the transformers engine); `cache_scope`, when given, is
+        shared by every request (their prefix states then outlive them), else each request keeps its own."""
+        if not isinstance(engine, Engine):
+            from longshap.hierarchy.engines.hf_engine import TransformersEngine
+
+            engine = TransformersEngine(engine)
+        self.engine: Engine = engine
+        self.cache_scope = cache_scope
+
+    @property
+    def architecture(self) -> str:
+        return self.engine.architecture
 
     @classmethod
     def from_pretrained(
-        cls, model: str | None = None, max_batch_tokens: int = 4096, draft_model: str | None = None, **load_options
+        cls, model: str | None = None, draft_model: str | None = None, engine_options: dict | None = None, **load_options
     ) -> "Explainer":
         """None or 'gemma-3-270m' loads the embedded default; otherwise a local Hugging Face directory.
 
         `draft_model` (same tokenizer, smaller) proposes tokens whenever an answer has to
-        be decoded; `load_options` go to `hierarchy.models.load_model` (device, dtype,
-        quantization, attn_implementation).
+        be decoded; `engine_options` go to `TransformersEngine` (max_batch_tokens, ...);
+        `load_options` to `hierarchy.models.load_model` (device, dtype, quantization,
+        attn_implementation, weights).
         """
+        from longshap.hierarchy.engines.hf_engine import TransformersEngine
         from longshap.hierarchy.models import load_model
 
         draft = load_model(draft_model, **load_options) if draft_model is not None else None
-        return cls(load_model(model, **load_options), max_batch_tokens=max_batch_tokens, draft=draft)
+        return cls(TransformersEngine(load_model(model, **load_options), draft=draft, **(engine_options or {})))
+
+    def session(self, should_stop: Callable[[], bool] | None = None, deadline: float | None = None) -> ModelSession:
+        """A new request's view of the engine: its own stop flag, deadline, statistics and prefix states."""
+        scope = self.cache_scope if self.cache_scope is not None else CacheScope()
+        return ModelSession(self.engine, RunContext(should_stop, deadline, cache=scope))
 
     def explain(self, request: ExplainRequest | None = None, **options) -> Explanation:
         """Run the whole hierarchy and return the final explanation (see `explain_stream` for options)."""
@@ -100,6 +120,7 @@ class Explainer:
         *,
         on_progress: Callable[[ProgressEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        deadline: float | None = None,
         **options,
     ) -> Iterator:
         """Yield an AnswerEvent, then per level a LevelStartEvent and a LevelEvent, then a DoneEvent.
@@ -110,8 +131,9 @@ class Explainer:
         classification takes `text` and `labels` and explains `target` or the predicted
         label. `budget` counts model evaluations per level; `placeholder` replaces removed
         units instead of dropping them; `speculative` verifies already-seen answers of the
-        `answers` value function in one pass (off by default: 0.92x on a 2-core CPU, see
-        bench/speculative.py); `should_stop` is polled between batches and decoder layers.
+        `answers` value function in one pass (off by default, see bench/speculative.py);
+        `should_stop` is polled between batches and decoder layers, and the run stops
+        as if cancelled after `deadline` (time.monotonic()).
         The request is checked here, before the first event is asked for, so a bad one
         fails at the call (RequestError) rather than when the stream is consumed.
         Gradient methods ("integrated_gradients", "saliency", "input_x_gradient", see
@@ -125,33 +147,30 @@ class Explainer:
             request = ExplainRequest.build(**options)
         elif options:
             raise TypeError(f"give a prepared ExplainRequest or its options, not both (got {sorted(options)})")
-        return self._stream(request, on_progress, should_stop)
+        if is_gradient_method(request.method) and GRADIENTS not in self.engine.capabilities:
+            raise RequestError("method", f"{request.method} needs the model's gradients, which the {type(self.engine).__name__} engine does not offer")
+        return self._stream(request, on_progress, self.session(should_stop, deadline))
 
-    def _stream(self, request: ExplainRequest, on_progress, should_stop) -> Iterator:
+    def _stream(self, request: ExplainRequest, on_progress, session: ModelSession) -> Iterator:
         started = time.perf_counter()
-        stats_before = self.scorer.stats.as_dict()
         prompt = _prompt(request)
-        self.scorer.should_stop = should_stop
-        self.scorer.new_request()
-        try:
-            tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
-            _check_stop(should_stop)
-            target_spec, answer_event = self._target(prompt, request, tree)
-            _check_stop(should_stop)
-            yield answer_event
-            value_fn = build_value_function(request.value, self.scorer, replace(target_spec, speculative=request.speculative))
-            game = RequestGame(lambda absent: prompt.render(tree, absent), value_fn, should_stop)
-            top_units = frozenset(tree.expand(ROOT, "document"))
-            full_value, empty_value = game.values([frozenset(), top_units])
-            gradients = self._gradients(prompt, tree, value_fn, request) if is_gradient_method(request.method) else None
-            yield from self._levels(
-                _Run(
-                    request, tree, game, value_fn, _as_row(full_value), _as_row(empty_value), on_progress, started, stats_before,
-                    answer_event, request.allocation, gradients,
-                )
+        stop = session.context.stopped
+        tree = FeatureTree(prompt.documents, session.token_offsets)
+        session.context.check()
+        target_spec, answer_event = self._target(session, prompt, request, tree)
+        session.context.check()
+        yield answer_event
+        value_fn = build_value_function(request.value, session, replace(target_spec, speculative=request.speculative))
+        game = RequestGame(lambda absent: prompt.render(tree, absent), value_fn, stop)
+        top_units = frozenset(tree.expand(ROOT, "document"))
+        full_value, empty_value = game.values([frozenset(), top_units])
+        gradients = self._gradients(session, prompt, tree, value_fn, request) if is_gradient_method(request.method) else None
+        yield from self._levels(
+            _Run(
+                request, session, tree, game, value_fn, _as_row(full_value), _as_row(empty_value), on_progress, started,
+                answer_event, request.allocation, gradients,
             )
-        finally:
-            self.scorer.should_stop = None
+        )
 
     def probability_function(
         self,
@@ -175,9 +194,10 @@ class Explainer:
             instruction=instruction, max_new_tokens=max_new_tokens, levels=[level],
         )
         prompt = _prompt(request)
-        tree = FeatureTree(prompt.documents, self.scorer.tokenizer)
-        target_spec, _ = self._target(prompt, request, tree)
-        value_fn = build_value_function("label" if request.classification else "probability", self.scorer, target_spec)
+        session = self.session()
+        tree = FeatureTree(prompt.documents, session.token_offsets)
+        target_spec, _ = self._target(session, prompt, request, tree)
+        value_fn = build_value_function("label" if request.classification else "probability", session, target_spec)
         game = RequestGame(lambda absent: prompt.render(tree, absent), value_fn)
         units = tree.expand(ROOT, level)
 
@@ -188,41 +208,21 @@ class Explainer:
 
         return units, probability
 
-    def _target(self, prompt, request: ExplainRequest, tree: FeatureTree) -> tuple[Target, AnswerEvent]:
+    @staticmethod
+    def _target(session: ModelSession, prompt, request: ExplainRequest, tree: FeatureTree) -> tuple[Target, AnswerEvent]:
         """What the value function explains, and the event announcing it."""
         full_prompt = prompt.render(tree)
         if request.classification:
-            return self._classification_target(prompt, full_prompt, request.target, request.max_new_tokens)
-        return self._qa_target(full_prompt, request.target, request.max_new_tokens)
+            return _classification_target(session, prompt, full_prompt, request.target, request.max_new_tokens)
+        return _qa_target(session, full_prompt, request.target, request.max_new_tokens)
 
-    def _gradients(self, prompt, tree: FeatureTree, value_fn, request: ExplainRequest) -> TokenAttributions:
+    @staticmethod
+    def _gradients(session: ModelSession, prompt, tree: FeatureTree, value_fn, request: ExplainRequest) -> TokenAttributions:
         from longshap.hierarchy.gradients import token_attributions
 
         starts = prompt.text_starts(tree)
         ends = [start + len(doc.text) for start, doc in zip(starts, prompt.documents)]
-        return token_attributions(self.scorer, prompt.render(tree), starts, ends, value_fn, request.method, request.baseline, request.budget)
-
-    def _qa_target(self, full_prompt: str, target: str | None, max_new_tokens: int) -> tuple[Target, AnswerEvent]:
-        if target is not None:
-            return Target(full_prompt, answer=target, max_new_tokens=max_new_tokens), AnswerEvent(target, "given")
-        answer = self.scorer.decode(self.scorer.greedy([full_prompt], max_new_tokens)[0])
-        if not answer:
-            raise RequestError("target", "the model's greedy answer to the full prompt is empty; give a target to explain a given answer")
-        return Target(full_prompt, answer=answer, max_new_tokens=max_new_tokens), AnswerEvent(answer, "generated")
-
-    def _classification_target(self, prompt: ClassificationPrompt, full_prompt: str, target: str | None, max_new_tokens: int) -> tuple[Target, AnswerEvent]:
-        ids = label_token_ids(self.scorer, full_prompt, prompt.labels)
-        probabilities = np.exp(normalised_label_logprobs(self.scorer, [full_prompt], ids)[0])
-        by_label = {label: float(p) for label, p in zip(prompt.labels, probabilities)}
-        if target is None:
-            index, source = int(np.argmax(probabilities)), "predicted"
-        else:
-            index, source = prompt.labels.index(target), "given"
-        label = prompt.labels[index]
-        return (
-            Target(full_prompt, labels=prompt.labels, label_index=index, max_new_tokens=max_new_tokens),
-            AnswerEvent(label, source, by_label),
-        )
+        return token_attributions(session, prompt.render(tree), starts, ends, value_fn, request.method, request.baseline, request.budget)
 
     def _levels(self, run: _Run) -> Iterator:
         tree, game, value_fn, options = run.tree, run.game, run.value_fn, run.request
@@ -234,7 +234,8 @@ class Explainer:
             level_started = time.perf_counter()
             last = depth == len(options.levels) - 1
             evaluations_before = game.evaluations
-            tokens_before = (self.scorer.stats.forward_tokens, self.scorer.stats.reused_tokens)
+            stats = run.session.stats
+            tokens_before = (stats.forward_tokens, stats.reused_tokens)
             groups = [(parent, tree.expand(parent, level)) for parent in parents]
             groups = [(parent, children) for parent, children in groups if children]
             order = [unit for _, children in groups for unit in children]
@@ -299,8 +300,8 @@ class Explainer:
             result_level = Level(
                 level, features, evaluations, options.thresholds[level], "+".join(dict.fromkeys(name for names in used for name in names.split("+"))),
                 round(time.perf_counter() - level_started, 3),
-                forward_tokens=self.scorer.stats.forward_tokens - tokens_before[0],
-                reused_tokens=self.scorer.stats.reused_tokens - tokens_before[1], unsettled=unsettled,
+                forward_tokens=stats.forward_tokens - tokens_before[0],
+                reused_tokens=stats.reused_tokens - tokens_before[1], unsettled=unsettled,
             )
             results.append(result_level)
             yield LevelEvent(result_level)
@@ -434,7 +435,7 @@ class Explainer:
 
     def _explanation(self, run: _Run, levels: list[Level]) -> Explanation:
         value_fn = run.value_fn
-        stats = {k: v - run.stats_before[k] for k, v in self.scorer.stats.as_dict().items()}
+        stats: dict = run.session.stats.as_dict()
         stats["wall_seconds"] = round(time.perf_counter() - run.started, 3)
         stats["coalitions"] = run.game.evaluations
         shares = value_fn.shares()
@@ -454,10 +455,30 @@ class Explainer:
         )
 
 
-def _check_stop(should_stop: Callable[[], bool] | None) -> None:
-    """Between phases (tokenising, label ids, answer decoding): the model's layers poll it within them."""
-    if should_stop is not None and should_stop():
-        raise Cancelled("explanation cancelled")
+def _qa_target(session: ModelSession, full_prompt: str, target: str | None, max_new_tokens: int) -> tuple[Target, AnswerEvent]:
+    if target is not None:
+        return Target(full_prompt, answer=target, max_new_tokens=max_new_tokens), AnswerEvent(target, "given")
+    answer = session.decode(session.greedy([full_prompt], max_new_tokens)[0])
+    if not answer:
+        raise RequestError("target", "the model's greedy answer to the full prompt is empty; give a target to explain a given answer")
+    return Target(full_prompt, answer=answer, max_new_tokens=max_new_tokens), AnswerEvent(answer, "generated")
+
+
+def _classification_target(
+    session: ModelSession, prompt: ClassificationPrompt, full_prompt: str, target: str | None, max_new_tokens: int
+) -> tuple[Target, AnswerEvent]:
+    ids = label_token_ids(session, full_prompt, prompt.labels)
+    probabilities = np.exp(normalised_label_logprobs(session, [full_prompt], ids)[0])
+    by_label = {label: float(p) for label, p in zip(prompt.labels, probabilities)}
+    if target is None:
+        index, source = int(np.argmax(probabilities)), "predicted"
+    else:
+        index, source = prompt.labels.index(target), "given"
+    label = prompt.labels[index]
+    return (
+        Target(full_prompt, labels=prompt.labels, label_index=index, max_new_tokens=max_new_tokens),
+        AnswerEvent(label, source, by_label),
+    )
 
 
 def _prompt(request: ExplainRequest) -> QAPrompt | ClassificationPrompt:

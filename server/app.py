@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import os
 import signal
 import ssl
@@ -17,7 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,7 +25,9 @@ from grpc_reflection.v1alpha import reflection
 from longshap.proto.wire import SERVICE_NAME
 from longshap.server import logs
 from longshap.server.auth import BearerTokenInterceptor
-from longshap.server.config import DEFAULT_MODEL, Limits, ServerConfig, parse_model_spec
+from longshap.hierarchy.options import ATTENTION_IMPLEMENTATIONS, DTYPES, QUANTIZATIONS
+from longshap.server.config import DEFAULT_MODEL, ServerConfig, parse_model_spec
+from longshap.server.limits import add_limit_options, bounded, limits_from_args
 
 if TYPE_CHECKING:
     from longshap.server.service import ExplainerService
@@ -49,23 +50,23 @@ class RunningServer:
     service: ExplainerService
     health: health.aio.HealthServicer
     owned: list = field(default_factory=list)
-    """What the server started for its models (batcher threads) and stops with itself; given backends stay the caller's."""
+    """What the server started for its models (batchers) and stops with itself; given engines stay the caller's."""
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then cancel them."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.service.worker.shutdown()
-        for executor in self.owned:
-            executor.close()
+        for engine in self.owned:
+            engine.close()
 
 
 def load_explainers(specs: Sequence[str], weights: bool = True, load_options: Mapping | None = None) -> dict:
     """Load every configured model once (the first is the default).
 
     Without `weights` (Ray mode: the replicas hold the models) only tokenizers and configs
-    are loaded. `load_options` (device, dtype, quantization, attn_implementation) apply to
-    every model; see `model_options`.
+    are loaded. `load_options` (the draft model, device, dtype, quantization,
+    attn_implementation) apply to every model; see `model_options`.
     """
     from longshap.hierarchy import Explainer
 
@@ -79,43 +80,61 @@ def load_explainers(specs: Sequence[str], weights: bool = True, load_options: Ma
     return explainers
 
 
+MODEL_FLAGS: dict[str, dict[str, Any]] = {
+    "--device": {"help": "torch device for the models (default: cuda when available, else cpu)"},
+    "--dtype": {
+        "choices": DTYPES, "default": "float32",
+        "help": "weights and activations (default float32; bfloat16 ran a 10-passage explanation 2.7x faster on an AMX CPU, 1.5x on AVX512-BF16 without AMX)",
+    },
+    "--quantization": {"choices": QUANTIZATIONS, "help": "bitsandbytes weight quantisation (pip install 'longshap[quantization]')"},
+    "--attn-implementation": {
+        "choices": ("auto", *ATTENTION_IMPLEMENTATIONS), "default": "auto",
+        "help": "attention kernel (auto: flash-attention 2 on CUDA when installed, else SDPA; on CPUs sdpa_blocked, SDPA that skips the keys a mask hides)",
+    },
+    "--draft-model": {
+        "metavar": "NAME|PATH",
+        "help": f"a smaller model with the same tokenizer that proposes the tokens of every answer decoded ({DEFAULT_MODEL} or a local model directory)",
+    },
+}
+"""How models are loaded: the flags shared by `longshap serve` and `longshap explain --local`."""
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """How models are loaded: shared by `longshap serve` and `longshap explain --local`."""
     group = parser.add_argument_group("model loading")
-    group.add_argument("--device", help="torch device for the models (default: cuda when available, else cpu)")
-    group.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-        help="weights and activations (default float32; bfloat16 ran a 10-passage explanation 2.7x faster on an AMX CPU, 1.5x on AVX512-BF16 without AMX)",
-    )
-    group.add_argument("--quantization", choices=("4bit", "8bit"), help="bitsandbytes weight quantisation (pip install 'longshap[quantization]')")
-    group.add_argument(
-        "--attn-implementation", choices=("auto", "sdpa_blocked", "sdpa", "eager", "flash_attention_2"), default="auto",
-        help="attention kernel (auto: flash-attention 2 on CUDA when installed, else SDPA; on CPUs sdpa_blocked, "
-        "SDPA that skips the keys a mask hides)",
-    )
+    for flag, settings in MODEL_FLAGS.items():
+        group.add_argument(flag, **settings)
 
 
 def model_options(args: argparse.Namespace) -> dict:
-    """The `add_model_options` flags as `hierarchy.models.load_model` keyword arguments."""
-    return {"device": args.device, "dtype": args.dtype, "quantization": args.quantization, "attn_implementation": args.attn_implementation}
+    """The `MODEL_FLAGS` as `Explainer.from_pretrained` keyword arguments (draft_model, then `hierarchy.models.load_model`'s)."""
+    return {_dest(flag): getattr(args, _dest(flag)) for flag in MODEL_FLAGS}
+
+
+def given_model_flags(args: argparse.Namespace) -> list[str]:
+    """The model-loading flags set to something other than their default."""
+    return [flag for flag, settings in MODEL_FLAGS.items() if getattr(args, _dest(flag)) != settings.get("default")]
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
 
 
 async def start_server(config: ServerConfig, explainers: Mapping, backends: Mapping | None = None) -> RunningServer:
     """Start serving `explainers` (name -> Explainer; the first is the default) and return the bound server.
 
-    `backends` (name -> e.g. server.ray_backend.RayBackend) run those models' forward
-    passes elsewhere (see server.batching.build_executors); they stay the caller's to close.
+    `backends` (name -> an engine, e.g. server.ray_backend.RayEngine) run those models'
+    calls instead of the explainers' own engines; they stay the caller's to close.
     """
     # These import the engine (torch): only when serving.
-    from longshap.server.batching import build_executors
+    from longshap.server.batching import serving_explainers
     from longshap.server.service import ExplainerService, add_to_server
 
     if not explainers:
         raise ValueError("at least one model must be served")
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
-    executors = build_executors(explainers, backends or {}, config.concurrency, config.batching)
-    service = ExplainerService(explainers, next(iter(explainers)), config.limits, executors, config.concurrency)
+    served, owned = serving_explainers(explainers, backends or {}, config.concurrency, config.batching)
+    service = ExplainerService(served, next(iter(served)), config.limits, config.concurrency)
     add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -134,8 +153,6 @@ async def start_server(config: ServerConfig, explainers: Mapping, backends: Mapp
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening", extra={"fields": {"host": config.host, "port": port, "models": list(explainers), "tls": config.tls_cert is not None}})
-    given = list((backends or {}).values())
-    owned = [executor for executor in executors.values() if all(executor is not backend for backend in given)]
     return RunningServer(server, port, service, health_servicer, owned)
 
 
@@ -217,15 +234,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--token-file", type=Path, help="require 'authorization: Bearer <token>' with the token in this file (or set LONGSHAP_TOKEN)")
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key")
     parser.add_argument("--tls-key", type=Path, help="PEM private key")
-    defaults = Limits()
-    limit = bounded(int, 1, INT32_MAX)
-    parser.add_argument("--max-documents", type=limit, default=defaults.max_documents)
-    parser.add_argument("--max-characters", type=limit, default=defaults.max_characters, help="characters one evaluation may read: all prompt text, the placeholder once per unit, the target")
-    parser.add_argument("--max-field-characters", type=limit, default=defaults.max_field_characters, help="each question, title, instruction, target, placeholder, label or candidate")
-    parser.add_argument("--max-labels", type=bounded(int, 2, INT32_MAX), default=defaults.max_labels)
-    parser.add_argument("--max-budget", type=limit, default=defaults.max_budget)
-    parser.add_argument("--max-candidates", type=limit, default=defaults.max_candidates)
-    parser.add_argument("--queue-size", type=bounded(int, 0, INT32_MAX), default=defaults.queue_size, help="requests that may wait for the busy worker")
+    add_limit_options(parser)
     parser.add_argument("--grace", type=bounded(float, 0, 24 * 3600), default=10.0, help="seconds in-flight and queued requests get to finish at shutdown")
     parser.add_argument(
         "--threads", type=bounded(int, 1, 1024), default=default_threads(),
@@ -239,23 +248,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     scale.add_argument("--address", help="Ray cluster to join (default: start a local one)")
     scale.add_argument("--replicas", type=bounded(int, 1, 1024), default=2, help="replicas per model with --ray")
     return parser
-
-
-INT32_MAX = 2**31 - 1
-
-
-def bounded(kind: type, low: float, high: float) -> Callable[[str], float]:
-    """An argparse type: a finite `kind` in low..high, else a one-line usage error."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {text}")
-        return value
-
-    return parse
 
 
 def default_threads() -> int:
@@ -272,17 +264,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else os.environ.get("LONGSHAP_TOKEN") or None
     if args.token_file and not token:
         raise ValueError(f"--token-file {args.token_file}: the file is empty")
-    limits = Limits(
-        max_documents=args.max_documents, max_characters=args.max_characters, max_budget=args.max_budget,
-        max_candidates=args.max_candidates, queue_size=args.queue_size, max_labels=args.max_labels,
-        max_field_characters=args.max_field_characters,
-    )
     if args.tls_cert is not None:
         check_tls_files(args.tls_cert, args.tls_key)
     if args.address and not args.ray:
         raise ValueError("--address is the Ray cluster's: it needs --ray")
     return ServerConfig(
-        args.host, args.port, limits, token,
+        args.host, args.port, limits_from_args(args), token,
         args.tls_cert.read_bytes() if args.tls_cert else None, args.tls_key.read_bytes() if args.tls_key else None, args.grace,
         concurrency=args.concurrency, batching=args.batching,
     )
@@ -341,7 +328,8 @@ def _serve_on_ray(config: ServerConfig, explainers: Mapping, specs: Sequence[str
     try:
         log.info("starting replicas", extra={"fields": {"replicas": args.replicas, "address": args.address or "local"}})
         backends = {
-            name: ray_backend.RayBackend(path, args.replicas, load_options=model_options(args)) for name, path in map(parse_model_spec, specs)
+            name: ray_backend.RayEngine(explainers[name].engine, path, args.replicas, load_options=model_options(args))
+            for name, path in map(parse_model_spec, specs)
         }
         try:
             asyncio.run(serve(config, explainers, backends))

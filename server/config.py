@@ -1,29 +1,12 @@
-"""Server settings: limits on requests, listening options and model specs (light to import: no torch)."""
+"""Server settings: listening options, the operator's limits (declared in `server.limits`) and model specs (light to import: no torch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longshap.proto.wire import pb
+from longshap.server.limits import Limits
 
 DEFAULT_MODEL = "gemma-3-270m"  # hierarchy.models.DEFAULT_MODEL, without importing torch for --help
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Operator limits on one request, reported by ListModels."""
-
-    max_documents: int = 64
-    max_characters: int = 200_000
-    """Characters one evaluation may read: every prompt field, the placeholder per unit, the continuation."""
-    max_budget: int = 10_000
-    max_candidates: int = 16
-    queue_size: int = 4
-    max_labels: int = 16
-    max_field_characters: int = 2_000
-
-    def to_proto(self) -> pb.Limits:
-        return pb.Limits(**self.__dict__)
 
 
 @dataclass

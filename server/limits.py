@@ -1,7 +1,8 @@
-"""Operator limits on a request's size, whole text and what one evaluation costs, checked before it is queued.
+"""Operator limits on a request's size, whole text and what one evaluation costs: declared, made flags and checked here.
 
-All of them live here: documents, budget and candidates (on the engine's request),
-every text field and the cost of one evaluation (on the wire message).
+`Limits` declares each limit with its `longshap serve` flag (`add_limit_options`); the
+checks run before a request is queued: documents, budget and candidates (on the engine's
+request), every text field and the cost of one evaluation (on the wire message).
 
 Every text field counts. The model reads the rendered prompt plus the scored
 continuation on every evaluation, so the bound is on that worst case: the prompt's
@@ -13,16 +14,71 @@ request is at most (max_characters) x (evaluations) x (labels or candidates).
 """
 from __future__ import annotations
 
-from typing import Iterable
+import argparse
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from longshap.hierarchy.options import INT32_MAX
 from longshap.hierarchy.prompt import DEFAULT_CLASSIFICATION_INSTRUCTION, DEFAULT_QA_INSTRUCTION, fill_template
 from longshap.proto.wire import pb
-from longshap.server.config import Limits
 from longshap.server.errors import invalid
-from longshap.hierarchy import request as rules
+
+if TYPE_CHECKING:
+    from longshap.hierarchy.request import ExplainRequest
 
 
-def check_engine_limits(request: rules.ExplainRequest, limits: Limits, prompt_field: str, candidates: list[str] | None = None) -> None:
+def _limit(default: int, help: str, low: int = 1) -> Any:
+    """A limit's default, and its flag's help and lowest value (the highest is what the wire's int32 carries)."""
+    return dataclasses.field(default=default, metadata={"help": help, "low": low})
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Operator limits on one request, reported by ListModels; each is a `longshap serve` flag of the same name."""
+
+    max_documents: int = _limit(64, "documents of one request")
+    max_characters: int = _limit(200_000, "characters one evaluation may read: all prompt text, the placeholder once per unit, the target")
+    max_budget: int = _limit(10_000, "model evaluations per level")
+    max_candidates: int = _limit(16, "candidate answers of one rerank")
+    queue_size: int = _limit(4, "requests that may wait for the busy worker", low=0)
+    max_labels: int = _limit(16, "labels of one classification", low=2)
+    max_field_characters: int = _limit(2_000, "each question, title, instruction, target, placeholder, label or candidate")
+
+    def to_proto(self) -> pb.Limits:
+        return pb.Limits(**self.__dict__)
+
+
+def bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a finite `kind` in low..high, else a one-line usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {text}")
+        return value
+
+    return parse
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per limit (--max-documents, ..., --queue-size), defaulting to `Limits()`."""
+    group = parser.add_argument_group("limits on one request")
+    for limit in dataclasses.fields(Limits):
+        low = limit.metadata["low"]
+        group.add_argument(
+            f"--{limit.name.replace('_', '-')}", type=bounded(int, low, INT32_MAX), default=limit.default,
+            help=f"{limit.metadata['help']} ({low}..{INT32_MAX}; default {limit.default})",
+        )
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    return Limits(**{limit.name: getattr(args, limit.name) for limit in dataclasses.fields(Limits)})
+
+
+def check_engine_limits(request: ExplainRequest, limits: Limits, prompt_field: str, candidates: list[str] | None = None) -> None:
     """Documents, budget and (for a rerank) candidates within the operator's limits."""
     if len(request.documents) > limits.max_documents:
         raise invalid(f"{prompt_field}.documents: {len(request.documents)} documents, the limit is {limits.max_documents}")

@@ -1,13 +1,15 @@
-"""Model replicas as Ray actors behind the same gRPC API (`longshap serve --ray`, `pip install 'longshap[ray]'`).
+"""Model replicas as Ray actors behind the engine protocol (`longshap serve --ray`, `pip install 'longshap[ray]'`).
 
-Each model is loaded by `replicas` actors. The rows of a scorer call (one request's,
-or several requests' merged by server.batching) are sorted by their tokens and cut
-into contiguous chunks, so rows that share a prefix stay together and each chunk
-keeps the scorer's prefix reuse; chunks go to the least busy replica, and the chunks
-of many requests share the replicas.
+`RayEngine` implements `hierarchy.engines.base.Engine`: tokenisation runs in this
+process (a model loaded without weights), the model calls on `replicas` actors that
+each hold a transformers engine. The rows of a call (one request's, or several
+requests' merged by `server.batching`) are sorted by their tokens and cut into
+contiguous chunks, so rows that share a prefix stay together and each chunk keeps
+the engine's prefix reuse; chunks go to the least busy replica, and the chunks of
+many requests share the replicas. Gradient methods run whole on one replica.
 
-While waiting, the caller polls its should_stop (cancellation, deadline): when it
-fires, every replica is told to stop that call, which its scorer checks before
+While waiting, the caller polls its run context (cancellation, deadline): when it
+fires, every replica is told to stop that call, which its engine checks before
 every decoder layer, so the replicas are freed at once. A replica that dies is
 replaced and its chunk is sent again; results and costs are taken only from chunks
 that finished, once each, so nothing is lost or counted twice.
@@ -19,8 +21,9 @@ import os
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Sequence
+
+import numpy as np
 
 try:
     import ray
@@ -28,10 +31,15 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the install
     raise ImportError("Ray replicas need Ray: pip install 'longshap[ray]'") from error
 
+from longshap.hierarchy.engines.base import GRADIENTS, CacheScope, Engine, RunContext, ScoreRow, TokenRow
+from longshap.hierarchy.engines.gradient_spec import GradientResult, GradientSpec
+from longshap.hierarchy.engines.work import GreedyWork, ScoreWork, TokenWork, Work
 from longshap.hierarchy.errors import Cancelled
-from longshap.server.batching import POLL_S, Work, run_on_scorer, stats_delta
+from longshap.hierarchy.speculative import AnswerTree
 
 log = logging.getLogger("longshap.server")
+POLL_S = 0.05
+"""How often a caller waiting for replicas checks its run context."""
 MAX_ATTEMPTS = 3
 """A chunk whose replica dies this many times fails the call instead of killing replica after replica."""
 STOP_MEMORY_S = 600.0
@@ -88,31 +96,33 @@ def disconnect() -> None:
 
 
 class Replica:
-    """One copy of a model in a Ray worker process; runs one chunk at a time, can be told to stop a call."""
+    """One copy of a model in a Ray worker process; runs one call at a time, can be told to stop a call."""
 
-    def __init__(self, model_path: str | None, max_batch_tokens: int, threads: int, load_options: dict) -> None:
+    def __init__(self, model_path: str | None, engine_options: dict, threads: int, load_options: dict) -> None:
         import torch
         from longshap.hierarchy import Explainer
 
         torch.set_num_threads(threads)
-        self.scorer = Explainer.from_pretrained(model_path, max_batch_tokens=max_batch_tokens, **load_options).scorer
-        self._lock = threading.Lock()
+        self.engine = Explainer.from_pretrained(model_path, engine_options=engine_options, **load_options).engine
+        self.scope = CacheScope()
+        """Prefix states kept across this replica's calls."""
         self._stopped: dict[str, float] = {}
 
     def ready(self) -> int:
         return os.getpid()
 
     def run(self, call_id: str, work: Work) -> tuple[list, dict]:
-        with self._lock:
-            if call_id in self._stopped:
-                raise Cancelled("explanation cancelled")
-            self.scorer.should_stop = lambda: call_id in self._stopped
-            try:
-                before = self.scorer.stats.as_dict()
-                results = run_on_scorer(self.scorer, work)
-                return results, stats_delta(before, self.scorer.stats.as_dict())
-            finally:
-                self.scorer.should_stop = None
+        context = self._context(call_id)
+        return work.run(self.engine, context), context.stats.as_dict()
+
+    def attribute(self, call_id: str, spec: GradientSpec) -> tuple[GradientResult, dict]:
+        context = self._context(call_id)
+        return self.engine.attribute_tokens(spec, context), context.stats.as_dict()
+
+    def _context(self, call_id: str) -> RunContext:
+        if call_id in self._stopped:
+            raise Cancelled("explanation cancelled")
+        return RunContext(lambda: call_id in self._stopped, cache=self.scope)
 
     def stop(self, call_id: str) -> None:
         """Stop `call_id`'s running chunk (at the next decoder layer) and refuse its queued ones."""
@@ -124,23 +134,28 @@ class Replica:
         return len(self._stopped)
 
 
-class RayBackend:
-    """`replicas` Ray actors serving one model; an Executor (server.batching) for the server.
+class RayEngine:
+    """`replicas` Ray actors serving one model, behind the engine protocol.
 
-    Needs a connected Ray (see `connect`). `chunk_rows` bounds the rows per chunk;
-    `threads` is each replica's torch thread count (and the CPUs it reserves); `load_options` go to
-    every replica's `hierarchy.models.load_model` (device, dtype, quantization, attn_implementation).
+    Needs a connected Ray (see `connect`). `front` tokenises in this process (load it
+    without weights); `chunk_rows` bounds the rows per chunk; `threads` is each
+    replica's torch thread count (and the CPUs it reserves); `engine_options` go to
+    every replica's `TransformersEngine`, `load_options` to its `load_model`.
     """
 
     def __init__(
-        self, model_path: str | None, replicas: int = 2, chunk_rows: int = 64, threads: int = 1,
-        max_batch_tokens: int = 4096, ready_timeout_s: float = 300.0, load_options: dict | None = None,
+        self, front: Engine, model_path: str | None, replicas: int = 2, chunk_rows: int = 64, threads: int = 1,
+        ready_timeout_s: float = 300.0, engine_options: dict | None = None, load_options: dict | None = None,
     ) -> None:
         if replicas < 1 or chunk_rows < 1 or threads < 1:
             raise ValueError("replicas, chunk_rows and threads must be at least 1")
+        self.front = front
+        self.capabilities = front.capabilities | {GRADIENTS}
+        self.architecture = front.architecture
+        self.max_batch_tokens = front.max_batch_tokens
         self.chunk_rows = chunk_rows
         self._actor = ray.remote(Replica).options(num_cpus=threads, max_concurrency=2, max_restarts=0)
-        self._arguments = (model_path, max_batch_tokens, threads, dict(load_options or {}))
+        self._arguments = (model_path, dict(engine_options or {}), threads, dict(load_options or {}))
         self._lock = threading.Lock()
         self.replicas = [self._actor.remote(*self._arguments) for _ in range(replicas)]
         self._busy = [0] * replicas
@@ -151,23 +166,58 @@ class RayBackend:
         # ray's ActorHandle stub types actor methods as plain methods, without `.remote`.
         ray.get([replica.ready.remote() for replica in self.replicas], timeout=ready_timeout_s)  # type: ignore[attr-defined]
 
-    # ---- chunks -------------------------------------------------------------------
+    # ---- the engine protocol ---------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.front.encode(text)
+
+    def encode_offsets(self, text: str, special_tokens: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+        return self.front.encode_offsets(text, special_tokens)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.front.decode(ids)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return self.front.token_texts(ids)
+
+    def score(self, rows: Sequence[ScoreRow], context: RunContext) -> list[np.ndarray]:
+        return self._run(ScoreWork(tuple(rows)), context)
+
+    def score_tokens(self, rows: Sequence[TokenRow], context: RunContext) -> list[np.ndarray]:
+        return self._run(TokenWork(tuple(rows)), context)
+
+    def greedy(self, rows: Sequence[Sequence[int]], max_new_tokens: int, context: RunContext, tree: AnswerTree | None = None) -> list[list[int]]:
+        return self._run(GreedyWork(tuple(rows), max_new_tokens, tree), context)
+
+    def attribute_tokens(self, spec: GradientSpec, context: RunContext) -> GradientResult:
+        """The whole attribution on the least busy replica, which differentiates its own copy of the model."""
+        results = self._gather(context, [("attribute", spec)])
+        return results[0]
+
+    def close(self) -> None:
+        for replica in self.replicas:
+            ray.kill(replica)  # type: ignore[arg-type]  # ray stub: `.remote()` may return the class itself
+
+    # ---- chunks -------------------------------------------------------------------------
     def _chunks(self, work: Work) -> list[list[int]]:
         """Row indices in token order, cut into contiguous chunks spread over the replicas."""
-        def tokens(index: int) -> list[int]:
-            row = work.rows[index]
-            return list(row[0]) if work.kind == "score" else list(row)
-
-        order = sorted(range(len(work.rows)), key=tokens)
+        order = sorted(range(len(work.rows)), key=work.row_key)
         size = max(1, min(self.chunk_rows, -(-len(order) // len(self.replicas))))
         return [order[start : start + size] for start in range(0, len(order), size)]
 
-    def _submit(self, call_id: str, chunk: Work) -> tuple[ray.ObjectRef, int, object]:
+    def _run(self, work: Work, context: RunContext) -> list:
+        chunks = self._chunks(work)
+        results: list = [None] * len(work.rows)
+        for chunk, chunk_results in zip(chunks, self._gather(context, [("run", work.subset(chunk)) for chunk in chunks])):
+            for index, result in zip(chunk, chunk_results):
+                results[index] = result
+        return results
+
+    def _submit(self, call_id: str, method: str, argument: object) -> tuple[ray.ObjectRef, int, object]:
         with self._lock:
             slot = min(range(len(self.replicas)), key=lambda s: self._busy[s])
             self._busy[slot] += 1
             replica = self.replicas[slot]
-        return replica.run.remote(call_id, chunk), slot, replica  # type: ignore[attr-defined]  # ray stub: see __init__
+        return getattr(replica, method).remote(call_id, argument), slot, replica
 
     def _release(self, slot: int, done: bool) -> None:
         with self._lock:
@@ -182,45 +232,43 @@ class RayBackend:
                 self.replaced += 1
                 log.warning("replica died; replaced", extra={"fields": {"slot": slot}})
 
-    # ---- the Executor interface ----------------------------------------------------
-    def run(self, work: Work, should_stop: Callable[[], bool], caller: object = None) -> tuple[list, dict]:
+    def _gather(self, context: RunContext, calls: list[tuple[str, object]]) -> list:
+        """Run every (replica method, argument) call on the least busy replicas; results in order, costs charged once."""
+        context.check()
         call_id = uuid.uuid4().hex
-        chunks = self._chunks(work)
-        results: list = [None] * len(work.rows)
-        stats: Counter = Counter()
+        results: list = [None] * len(calls)
         pending: dict = {}
-        for number, chunk in enumerate(chunks):
-            ref, slot, replica = self._submit(call_id, _rows(work, chunk))
+        for number, (method, argument) in enumerate(calls):
+            ref, slot, replica = self._submit(call_id, method, argument)
             pending[ref] = (number, slot, replica, 1)
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-                if should_stop():
+                if context.stopped():
                     raise Cancelled("explanation cancelled")
                 for ref in ready:
                     number, slot, replica, attempt = pending.pop(ref)
                     try:
-                        chunk_results, chunk_stats = ray.get(ref)
+                        result, counts = ray.get(ref)
                     except RayActorError:
                         self._release(slot, done=False)
                         self._replace(slot, replica)
                         if attempt >= MAX_ATTEMPTS:
                             raise RuntimeError(f"a replica died {attempt} times running the same rows") from None
                         self.retried += 1
-                        retry, new_slot, new_replica = self._submit(call_id, _rows(work, chunks[number]))
+                        retry, new_slot, new_replica = self._submit(call_id, *calls[number])
                         pending[retry] = (number, new_slot, new_replica, attempt + 1)
                         continue
                     except RayTaskError as error:
                         self._release(slot, done=False)
                         raise error.as_instanceof_cause() from None
                     self._release(slot, done=True)
-                    for index, result in zip(chunks[number], chunk_results):
-                        results[index] = result
-                    stats.update(chunk_stats)
+                    results[number] = result
+                    context.stats.add(counts)
         except BaseException:
             self._stop(call_id, pending)
             raise
-        return results, dict(stats)
+        return results
 
     def _stop(self, call_id: str, pending: dict) -> None:
         """Tell every replica to stop `call_id`; its unfinished chunks free their slots."""
@@ -228,11 +276,3 @@ class RayBackend:
             self._release(slot, done=False)
         for replica in list(self.replicas):
             replica.stop.remote(call_id)  # type: ignore[attr-defined]  # ray stub: see __init__
-
-    def close(self) -> None:
-        for replica in self.replicas:
-            ray.kill(replica)  # type: ignore[arg-type]  # ray stub: `.remote()` may return the class itself
-
-
-def _rows(work: Work, indices: list[int]) -> Work:
-    return Work(work.kind, [work.rows[i] for i in indices], work.max_new_tokens, work.tree)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
+import functools
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Mapping, cast
+from typing import AsyncIterator, Callable, Mapping
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -17,17 +17,12 @@ from google.protobuf.message import DecodeError
 from longshap.hierarchy import Explainer
 from longshap.hierarchy.errors import Cancelled
 from longshap.hierarchy.request import RequestError as EngineRequestError
-from longshap.hierarchy.gradients import is_gradient_method
-from longshap.hierarchy.rerank import rerank
-from longshap.proto.wire import SERVICE_NAME, event_to_proto, pb, pb_grpc, rerank_to_proto
-from longshap.server.batching import Executor, RequestScorer
+from longshap.proto.wire import SERVICE_NAME, event_to_proto, pb, pb_grpc
+from longshap.server import jobs
 from longshap.server.config import Limits
 from longshap.server.errors import RequestError
 from longshap.server.validation import explain_request, rerank_arguments, resolve_model
 from longshap.server.worker import QueueFull, Worker
-
-if TYPE_CHECKING:
-    from longshap.hierarchy.scorer import ModelScorer
 
 log = logging.getLogger("longshap.request")
 _END = object()
@@ -113,34 +108,23 @@ def _refuse_unreadable(request: object) -> None:
 
 
 class ExplainerService(pb_grpc.ExplainerServicer):
-    """Serves the configured explainers; every model call goes through one bounded worker."""
+    """Serves the configured explainers; every request runs on one bounded pool of workers.
 
-    def __init__(
-        self, explainers: Mapping[str, Explainer], default: str, limits: Limits,
-        executors: Mapping[str, Executor] | None = None, concurrency: int = 1,
-    ) -> None:
+    Explainers are shared by the requests that run at once: each request has its own
+    run context, and their engines (a batcher, Ray replicas) merge or spread the work.
+    """
+
+    def __init__(self, explainers: Mapping[str, Explainer], default: str, limits: Limits, concurrency: int = 1) -> None:
         self.explainers = dict(explainers)
         self.default = default
         self.limits = limits
-        self.executors = dict(executors or {})
-        """Per model, where concurrent requests' model work goes (server.batching); none: the explainer's own scorer."""
         self.worker = Worker(limits.queue_size, concurrency)
-
-    def _explainer(self, model: str) -> Explainer:
-        """The model's explainer, or with an executor a copy of it whose scorer is this request's own."""
-        explainer = self.explainers[model]
-        if model not in self.executors:
-            return explainer
-        request_explainer = copy.copy(explainer)
-        # RequestScorer provides the ModelScorer interface the engine uses (duck-typed, see server.batching).
-        request_explainer.scorer = cast("ModelScorer", RequestScorer(explainer.scorer, self.executors[model]))
-        return request_explainer
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         if isinstance(request, UnreadableRequest):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         models = [
-            pb.ModelInfo(name=name, is_default=name == self.default, architecture=str(explainer.loaded.model.config.model_type))
+            pb.ModelInfo(name=name, is_default=name == self.default, architecture=explainer.architecture)
             for name, explainer in self.explainers.items()
         ]
         return pb.ListModelsResponse(models=models, limits=self.limits.to_proto())
@@ -155,18 +139,9 @@ class ExplainerService(pb_grpc.ExplainerServicer):
             _refuse_unreadable(request)
             record.model = resolve_model(request.model, self.explainers, self.default)
             engine_request = explain_request(request, self.limits)
-            if is_gradient_method(engine_request.method) and record.model in self.executors:
-                raise RequestError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"method: {engine_request.method} needs the model's gradients in the server process; this server sends "
-                    "model work to a batcher or Ray replicas (--concurrency > 1 or --ray), which score but do not differentiate",
-                )
-            explainer = self._explainer(record.model)
+            explainer = self.explainers[record.model]
 
-            def job(emit: Callable, should_stop: Callable[[], bool]) -> None:
-                for event in explainer.explain_stream(engine_request, on_progress=emit, should_stop=should_stop):
-                    emit(event)
-
+            job = functools.partial(jobs.explain, explainer, engine_request)
             async for event in self._run(job, context, record):
                 if event.kind == "done":
                     record.evaluations = event.explanation.stats.get("evaluations", 0)
@@ -180,11 +155,9 @@ class ExplainerService(pb_grpc.ExplainerServicer):
             _refuse_unreadable(request)
             record.model = resolve_model(request.model, self.explainers, self.default)
             engine_request, candidates = rerank_arguments(request, self.limits)
-            explainer = self._explainer(record.model)
+            explainer = self.explainers[record.model]
 
-            def job(emit: Callable, should_stop: Callable[[], bool]) -> None:
-                emit(rerank_to_proto(rerank(explainer, engine_request, candidates, should_stop)))
-
+            job = functools.partial(jobs.rerank, explainer, engine_request, candidates)
             (response,) = [r async for r in self._run(job, context, record)]
             record.evaluations = response.summary.evaluations
             return response

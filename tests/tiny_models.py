@@ -57,3 +57,11 @@ def build_tiny_model_dir(path: Path, architecture: str = "llama", seed: int = 0,
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def model_session(loaded, context=None, **engine_options):
+    """A `ModelSession` on a fresh `TransformersEngine` of `loaded` (engine options as keywords; `context`: a `RunContext`)."""
+    from longshap.hierarchy.engines import ModelSession
+    from longshap.hierarchy.engines.hf_engine import TransformersEngine
+
+    return ModelSession(TransformersEngine(loaded, **engine_options), context)

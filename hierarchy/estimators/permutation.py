@@ -124,7 +124,7 @@ class Permutation(Sampler):
         cap = max_groups(budget, 2 * n)
         spent = 0
         while True:
-            # As many pairs per call as the budget surely affords: a model scorer is
+            # As many pairs per call as the budget surely affords: a model engine is
             # fastest on big batches, and the statistics do not depend on the grouping.
             pairs = int(np.clip((budget - spent) // (2 * n), 1, min(MAX_PAIRS_PER_CALL, cap - moments.samples)))
             if target_stderr is not None:  # stop close to the target: the minimum groups first, then doubling

@@ -13,8 +13,8 @@ import numpy as np
 
 from longshap.hierarchy.values.base import Target, register
 
-if TYPE_CHECKING:  # the scorer imports torch; values are light until a model is loaded
-    from longshap.hierarchy.scorer import ModelScorer
+if TYPE_CHECKING:  # the engines import torch only once a model is loaded
+    from longshap.hierarchy.engines.session import ModelSession
 
 
 VISIBLE_ANSWER_SHARE = 0.01
@@ -28,8 +28,8 @@ def normalise_answer(text: str) -> str:
 
 @register("answers")
 class AnswerDistribution:
-    def __init__(self, scorer: ModelScorer, target: Target) -> None:
-        self.scorer = scorer
+    def __init__(self, model: ModelSession, target: Target) -> None:
+        self.model = model
         self.max_new_tokens = target.max_new_tokens
         from longshap.hierarchy.speculative import AnswerTree
 
@@ -57,11 +57,11 @@ class AnswerDistribution:
         return [c for c, share in enumerate(self.shares()) if c == 0 or share >= VISIBLE_ANSWER_SHARE]
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
-        answers = self.scorer.greedy(prompts, self.max_new_tokens, tree=self.tree)
+        answers = self.model.greedy(prompts, self.max_new_tokens, tree=self.tree)
         if self.tree is not None:
             for tokens in answers:
                 self.tree.add(tokens)
-        decoded = [self.scorer.decode(tokens) for tokens in answers]
+        decoded = [self.model.decode(tokens) for tokens in answers]
         indices = [self._column(answer) for answer in decoded]
         out = np.zeros((len(prompts), len(self.columns)))
         for row, column in enumerate(indices):

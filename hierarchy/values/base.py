@@ -13,8 +13,8 @@ import numpy as np
 
 from longshap.hierarchy.registry import Registry
 
-if TYPE_CHECKING:  # the scorer imports torch; values are light until a model is loaded
-    from longshap.hierarchy.scorer import ModelScorer
+if TYPE_CHECKING:  # the engines import torch only once a model is loaded
+    from longshap.hierarchy.engines.session import ModelSession
 
 
 class ValueFunction(Protocol):
@@ -58,10 +58,10 @@ class Target:
     """Verify already-seen answers in one pass instead of decoding them again."""
 
 
-ValueFactory = Callable[["ModelScorer", Target], ValueFunction]
+ValueFactory = Callable[["ModelSession", Target], ValueFunction]
 VALUE_FUNCTIONS: Registry[ValueFactory] = Registry("value function")
 register = VALUE_FUNCTIONS.register
 
 
-def build_value_function(name: str, scorer: ModelScorer, target: Target) -> ValueFunction:
-    return VALUE_FUNCTIONS.lookup(name)(scorer, target)
+def build_value_function(name: str, model: ModelSession, target: Target) -> ValueFunction:
+    return VALUE_FUNCTIONS.lookup(name)(model, target)

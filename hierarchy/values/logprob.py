@@ -12,26 +12,26 @@ import numpy as np
 
 from longshap.hierarchy.values.base import FixedColumns, Target, register
 
-if TYPE_CHECKING:  # the scorer imports torch; values are light until a model is loaded
-    from longshap.hierarchy.scorer import ModelScorer
+if TYPE_CHECKING:  # the engines import torch only once a model is loaded
+    from longshap.hierarchy.engines.session import ModelSession
 
 
 @register("logprob")
 class TargetLogProb(FixedColumns):
     """Sum of the answer tokens' log-probabilities: additive across tokens, unbounded below."""
 
-    def __init__(self, scorer: ModelScorer, target: Target) -> None:
+    def __init__(self, model: ModelSession, target: Target) -> None:
         if not target.answer or not target.answer.strip():
             raise ValueError("target: the answer to explain is empty")
-        self.scorer = scorer
+        self.model = model
         self.answer = target.answer.strip()
-        self.tokens = scorer.continuation_ids(target.full_prompt, " " + self.answer)
+        self.tokens = model.continuation_ids(target.full_prompt, " " + self.answer)
         self.columns = [self.answer]
-        self.token_columns = [scorer.tokenizer.decode([token]) for token in self.tokens]
+        self.token_columns = model.token_texts(self.tokens)
         """The answer's tokens as text: columns 1.. of every output row, after the answer's own value."""
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
-        per_token = self.scorer.continuation_token_logprobs(prompts, self.tokens)
+        per_token = self.model.continuation_token_logprobs(prompts, self.tokens)
         return self.combine(per_token)
 
     @staticmethod

@@ -12,6 +12,7 @@ import pytest
 
 from longshap.client.cli import main
 from serving import DOCUMENTS, QUESTION
+from tiny_models import build_tiny_model_dir
 
 
 @pytest.fixture
@@ -109,11 +110,63 @@ def test_local_model_flags_load_the_model_that_way(tiny_llama_dir, jsonl, capsys
     assert _without_times(got) != _without_times(_run_json(capsys, argv))  # float32 scores differ: the flag took effect
 
 
-@pytest.mark.parametrize("flags, named", [(["--dtype", "bfloat16"], "--dtype"), (["--quantization", "8bit", "--device", "cpu"], "--device, --quantization")])
+@pytest.mark.parametrize(
+    "flags, named",
+    [(["--dtype", "bfloat16"], "--dtype"), (["--quantization", "8bit", "--device", "cpu"], "--device, --quantization"), (["--draft-model", "small"], "--draft-model")],
+)
 def test_model_flags_against_a_server_are_a_usage_error(doc_files, capsys, flags, named):
     assert main(["explain", "--server", "127.0.0.1:1", "--question", "q", "--doc", doc_files[0], *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{named}: model loading options need --local" in err
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_dir(tmp_path_factory):
+    """A tiny model whose tokenizer has one token more than the others'."""
+    from transformers import AutoTokenizer
+
+    path = build_tiny_model_dir(tmp_path_factory.mktemp("other-tokenizer"), "llama", seed=1)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.add_tokens(["<other>"])
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _without_stats(explanation: dict) -> dict:
+    return {key: value for key, value in _without_times(explanation).items() if key != "stats"}
+
+
+def test_a_local_draft_model_decodes_the_answer_and_changes_nothing_else(tiny_llama_dir, tmp_path, jsonl, capsys):
+    draft = build_tiny_model_dir(tmp_path / "draft", "llama", seed=6)
+    argv = ["explain", "--question", QUESTION, "--docs-jsonl", str(jsonl), "--budget", "10", "--json", "--local", "--model", str(tiny_llama_dir)]
+    plain = _run_json(capsys, argv)
+    drafted = _run_json(capsys, [*argv, "--draft-model", str(draft)])
+    assert plain["stats"]["draft_tokens"] == 0 and drafted["stats"]["draft_tokens"] > 0
+    assert _without_stats(drafted) == _without_stats(plain)
+
+
+def test_a_draft_with_another_tokenizer_is_refused_in_one_line(tiny_llama_dir, other_tokenizer_dir, doc_files, capsys):
+    argv = ["explain", "--local", "--model", str(tiny_llama_dir), "--draft-model", str(other_tokenizer_dir), "--question", "q", "--doc", doc_files[0]]
+    assert main(argv) == 1
+    err = capsys.readouterr().err  # transformers' loading bars aside, one line
+    last = err.splitlines()[-1]
+    assert last.startswith("longshap explain: ") and "cannot load a model: draft model: its tokenizer differs" in last and "Traceback" not in err
+
+
+def test_serve_refuses_a_draft_with_another_tokenizer_in_one_line(tiny_llama_dir, other_tokenizer_dir):
+    command = [sys.executable, "-m", "longshap.client.cli", "serve", "--model", f"tiny={tiny_llama_dir}", "--draft-model", str(other_tokenizer_dir),
+               "--port", "0", "--threads", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("longshap serve")]  # JSON logs aside
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot load a model: draft model: its tokenizer differs" in lines[0]
+
+
+def test_local_rerank_equals_the_server(tiny_server, tiny_llama_dir, doc_files, capsys):
+    argv = ["rerank", "--question", QUESTION, "--doc", doc_files[0], "--doc", doc_files[1], "--candidate", "Paris", "--candidate", "Berlin", "--budget", "6", "--json"]
+    remote = _run_json(capsys, [*argv, "--server", tiny_server.address])
+    local = _run_json(capsys, [*argv, "--local", "--model", str(tiny_llama_dir)])
+    assert {key: local[key] for key in ("answers", "documents")} == {key: remote[key] for key in ("answers", "documents")}
 
 
 def test_an_unusable_local_device_exits_1_naming_it(tiny_llama_dir, doc_files, capsys):

@@ -4,8 +4,7 @@ from __future__ import annotations
 import io
 
 from longshap.client.api import LongShapClient
-from longshap.client.cli import LiveView, progress_bar
-from longshap.client.render import terminal_level
+from longshap.client.render import LiveView, progress_bar, terminal_level
 from longshap.hierarchy.results import LevelEvent
 from longshap.proto.wire import collect, event_to_proto
 from serving import DOCUMENTS, QUESTION, wait_until

@@ -8,8 +8,8 @@ import torch
 from longshap.hierarchy import attention
 from longshap.hierarchy.attention import key_span
 from longshap.hierarchy.models import load_model
-from longshap.hierarchy.scorer import ModelScorer
 from longshap.hierarchy.speculative import AnswerTree
+from tiny_models import model_session
 
 LONG_DOC = "Document (Title: Paris): Paris is the capital of France. It is on the Seine. " * 4
 PROMPTS = [
@@ -65,9 +65,9 @@ def test_padded_batch_logits_equal_plain_sdpa(models, key_lengths):
     assert any(keys < width for _, keys in key_lengths)  # blocks really skipped the keys their mask hides
 
 
-def test_scorer_values_and_greedy_answers_equal_plain_sdpa(models, key_lengths):
+def test_engine_values_and_greedy_answers_equal_plain_sdpa(models, key_lengths):
     """Shared-prefix caches, right-padded suffixes and answer-tree masks all go through the blocks."""
-    plain, blocked = (ModelScorer(loaded) for loaded in models)
+    plain, blocked = (model_session(loaded) for loaded in models)
     continuation = plain.continuation_ids(PROMPTS[0], " Paris is the capital")
     np.testing.assert_allclose(
         blocked.continuation_logprobs(PROMPTS, [continuation]), plain.continuation_logprobs(PROMPTS, [continuation]), atol=1e-5, rtol=0
@@ -77,6 +77,6 @@ def test_scorer_values_and_greedy_answers_equal_plain_sdpa(models, key_lengths):
     tree = AnswerTree()
     for answer in answers:
         tree.add(answer[:2] + [7, 8])  # right start, then a turn the rows leave
-    assert blocked.tree_capable and blocked.greedy(PROMPTS, 5, tree=tree) == answers
+    assert blocked.engine.tree_capable and blocked.greedy(PROMPTS, 5, tree=tree) == answers
     assert blocked.stats.tree_checks == len(PROMPTS)
     assert any(queries <= 4 for queries, _ in key_lengths)

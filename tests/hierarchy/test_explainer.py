@@ -234,3 +234,45 @@ def test_per_token_attributions_sum_to_the_answers(tiny_explainer, value):
             assert len(feature.values_by_token) == len(result.answer_tokens)
             assert sum(feature.values_by_token) == pytest.approx(feature.value, abs=1e-9)
     assert result.to_dict()["levels"][0]["features"][0]["values_by_token"] == result.levels[0].features[0].values_by_token
+
+
+def test_explainer_builds_its_engine_and_gives_each_request_a_session(tiny_llama_dir):
+    from longshap.hierarchy.engines import TransformersEngine
+    from longshap.hierarchy.models import load_model
+
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    explainer = Explainer(loaded)
+    assert isinstance(explainer.engine, TransformersEngine) and explainer.engine.model is loaded.model
+    assert explainer.architecture == "llama"
+    first, second = explainer.session(), explainer.session(should_stop=lambda: True)
+    assert first.engine is second.engine is explainer.engine
+    assert first.context is not second.context and first.stats is not second.stats and first.context.cache is not second.context.cache
+    assert not first.context.stopped() and second.context.stopped()
+    configured = Explainer.from_pretrained(str(tiny_llama_dir), engine_options={"max_batch_tokens": 512, "max_batch_size": 3})
+    assert (configured.engine.max_batch_tokens, configured.engine.max_batch_size) == (512, 3)
+    assert [f.value for f in qa(configured, levels=("document",), method="exact").levels[0].features] == pytest.approx(
+        [f.value for f in qa(explainer, levels=("document",), method="exact").levels[0].features], abs=1e-5
+    )
+
+
+def test_a_passed_deadline_cancels_the_request(tiny_explainer):
+    import time
+
+    with pytest.raises(Cancelled):
+        qa(tiny_explainer, levels=("document",), deadline=time.monotonic() - 1)
+    assert qa(tiny_explainer, levels=("document",), deadline=time.monotonic() + 600).answer == "Paris"
+
+
+def test_each_request_reports_its_own_costs_unless_the_explainer_shares_a_cache_scope(tiny_explainer):
+    from longshap.hierarchy.engines import CacheScope
+
+    options = {"levels": ("document", "sentence"), "thresholds": 0.0, "budget": 30, "seed": 5}
+    first, again = qa(tiny_explainer, **options), qa(tiny_explainer, **options)
+    names = ("evaluations", "forward_tokens", "reused_tokens", "cached_tokens", "forward_passes")
+    assert {n: again.stats[n] for n in names} == {n: first.stats[n] for n in names}  # nothing carried over between requests
+    shared = Explainer(tiny_explainer.engine, cache_scope=CacheScope())
+    warm, reusing = qa(shared, **options), qa(shared, **options)
+    assert warm.stats["forward_tokens"] == first.stats["forward_tokens"]
+    assert reusing.stats["forward_tokens"] < warm.stats["forward_tokens"] and reusing.stats["cached_tokens"] > warm.stats["cached_tokens"]
+    values = lambda r: [f.value for level in r.levels for f in level.features]  # noqa: E731
+    np.testing.assert_allclose(values(reusing), values(first), atol=1e-4)

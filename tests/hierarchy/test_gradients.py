@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
-from longshap.hierarchy.gradients import _differentiable_value, token_attributions
+from longshap.hierarchy import Explainer
+from longshap.hierarchy.engines import GRADIENTS, ModelSession
+from longshap.hierarchy.engines.gradient_spec import GradientSpec
+from longshap.hierarchy.errors import RequestError
+from longshap.hierarchy.engines.hf_gradients import _Value
+from longshap.hierarchy.gradients import token_attributions
 from longshap.hierarchy.prompt import QAPrompt
 from longshap.hierarchy.segmentation import Document, FeatureTree
 from longshap.hierarchy.values import Target, build_value_function
@@ -23,13 +28,14 @@ TEXT, LABELS = "a charming and often affecting journey", ["negative", "positive"
 @pytest.fixture(scope="module")
 def setting(tiny_explainer):
     """The full QA prompt, where its documents' text lies, and its logprob value function."""
+    session = tiny_explainer.session()
     prompt = QAPrompt(QUESTION, [Document(d["text"], d["title"]) for d in DOCUMENTS])
-    tree = FeatureTree(prompt.documents, tiny_explainer.scorer.tokenizer)
+    tree = FeatureTree(prompt.documents, session.token_offsets)
     full = prompt.render(tree)
     starts = prompt.text_starts(tree)
     ends = [s + len(d.text) for s, d in zip(starts, prompt.documents)]
-    value = build_value_function("logprob", tiny_explainer.scorer, Target(full, answer="Paris is"))
-    return tiny_explainer.scorer, full, starts, ends, value
+    value = build_value_function("logprob", session, Target(full, answer="Paris is"))
+    return session, full, starts, ends, value
 
 
 def test_text_starts_locate_every_document(setting):
@@ -38,10 +44,10 @@ def test_text_starts_locate_every_document(setting):
 
 
 def test_integrated_gradients_are_complete_within_the_riemann_error(setting):
-    scorer, full, starts, ends, value = setting
+    session, full, starts, ends, value = setting
     gaps = []
     for steps in (8, 128):
-        result = token_attributions(scorer, full, starts, ends, value, "integrated_gradients", "zero", steps)
+        result = token_attributions(session, full, starts, ends, value, "integrated_gradients", "zero", steps)
         check = result.completeness
         effect = np.array(check["f_input"]) - np.array(check["f_baseline"])
         gap = np.abs(np.array(check["attribution_sum"]) - effect)
@@ -59,19 +65,21 @@ def test_integrated_gradients_are_complete_within_the_riemann_error(setting):
     assert gaps[1] <= gaps[0] + 1e-6
 
 
-def _captum_forward(scorer, value_fn):
-    value = _differentiable_value(scorer, value_fn)
-    return lambda ids: value(scorer.model.get_input_embeddings()(ids))
+def _captum_forward(session, ids: list[int], value_fn):
+    """The logprob value's torch twin, from token ids (through the embedding layer Captum's layer methods hook)."""
+    spec = GradientSpec(tuple(ids), (False,) * len(ids), (tuple(value_fn.tokens),), "logprob", None, "integrated_gradients", "pad", 32)
+    value = _Value(session.engine, spec, session.context)
+    return lambda tokens: value(session.engine.model.get_input_embeddings()(tokens))
 
 
 def test_equal_to_captums_layer_methods_on_the_embedding_layer(setting):
-    scorer, full, starts, ends, value = setting
-    ids = torch.tensor([scorer.encode_prompt(full)])
-    layer = scorer.model.get_input_embeddings()
-    forward = _captum_forward(scorer, value)
-    ours = {m: token_attributions(scorer, full, starts, ends, value, m, "pad", 32) for m in ("integrated_gradients", "input_x_gradient", "saliency")}
+    session, full, starts, ends, value = setting
+    ids = torch.tensor([session.encode_prompt(full)])
+    layer = session.engine.model.get_input_embeddings()
+    forward = _captum_forward(session, ids[0].tolist(), value)
+    ours = {m: token_attributions(session, full, starts, ends, value, m, "pad", 32) for m in ("integrated_gradients", "input_x_gradient", "saliency")}
     movable = torch.tensor(ours["integrated_gradients"].values[:, 0] != 0)  # document tokens; elsewhere input == baseline
-    baseline_ids = torch.where(movable[None], torch.full_like(ids, scorer.pad_id), ids)
+    baseline_ids = torch.where(movable[None], torch.full_like(ids, session.engine.pad_id), ids)
     for column in range(len(value.tokens)):
         theirs = LayerIntegratedGradients(forward, layer).attribute(ids, baselines=baseline_ids, target=column, n_steps=32)
         np.testing.assert_allclose(ours["integrated_gradients"].values[:, 1 + column], theirs[0].sum(-1).detach().double().numpy(), atol=1e-5)
@@ -125,6 +133,30 @@ def test_clear_errors(tiny_explainer):
         tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", method="integrated_gradients", budget=5000)
     with pytest.raises(ValueError, match="unknown method 'gradients'"):
         tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", method="gradients")
+
+
+class _WithoutGradients:
+    """An engine that runs the model but does not offer gradients (as a remote one may not)."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.capabilities = engine.capabilities - {GRADIENTS}
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+
+def test_an_engine_without_gradients_refuses_gradient_methods(tiny_explainer, setting):
+    engine = _WithoutGradients(tiny_explainer.engine)
+    explainer = Explainer(engine)
+    assert explainer.engine is engine  # an engine is used as it is
+    with pytest.raises(RequestError, match="method: saliency needs the model's gradients, which the _WithoutGradients engine does not offer"):
+        explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", method="saliency")
+    session, full, starts, ends, value = setting
+    with pytest.raises(ValueError, match="needs gradients, which the _WithoutGradients engine does not offer"):
+        token_attributions(ModelSession(engine), full, starts, ends, value, "saliency")
+    # Coalition methods only need scores.
+    assert explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", levels=["document"], method="exact").levels
 
 
 @pytest.mark.slow
@@ -184,7 +216,7 @@ def test_bitsandbytes_on_cpu_gradients_flow_and_integrated_gradients_is_complete
 
 def test_a_model_whose_layers_compute_outside_autograd_is_a_clear_error(tiny_explainer):
     """A model whose embeddings do not reach the value differentiably gets a clear refusal, not Captum's internal error."""
-    first = next(m for m in tiny_explainer.scorer.model.modules() if type(m).__name__.endswith("DecoderLayer"))
+    first = next(m for m in tiny_explainer.engine.model.modules() if type(m).__name__.endswith("DecoderLayer"))
     # As a layer computing without autograd would: its output carries no gradient back to the tokens.
     hooks = [first.register_forward_hook(lambda module, args, output: output.detach() if torch.is_tensor(output) else
                                          tuple(o.detach() if torch.is_tensor(o) else o for o in output))]

@@ -1,12 +1,13 @@
-"""The radix tree of prefix KV states, alone and inside the scorer (tiny Llama and Gemma 3)."""
+"""The radix tree of prefix KV states, alone and inside the transformers engine (tiny Llama and Gemma 3)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 from longshap.hierarchy.models import load_model
+from longshap.hierarchy.engines import CacheScope, ModelSession
 from longshap.hierarchy.prefix_cache import PrefixKVCache
-from longshap.hierarchy.scorer import ModelScorer
+from tiny_models import model_session
 
 
 def states(tokens, layers: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -80,16 +81,16 @@ def loaded(request):
     return load_model(str(directory), device="cpu")
 
 
-def score_in_small_batches(scorer: ModelScorer, conts) -> np.ndarray:
+def score_in_small_batches(session: ModelSession, conts) -> np.ndarray:
     """Two calls (as two levels would make) of batches of two rows, so prefixes recur across batches."""
     prompts = coalition_prompts()
-    return np.vstack([scorer.continuation_logprobs(prompts[:5], conts), scorer.continuation_logprobs(prompts[3:], conts)])
+    return np.vstack([session.continuation_logprobs(prompts[:5], conts), session.continuation_logprobs(prompts[3:], conts)])
 
 
 @pytest.mark.parametrize("conts", [[[5]], [[5, 6, 7], [9]]], ids=["single", "multi"])
 def test_values_equal_with_the_cache_on_and_off_and_fewer_tokens_forwarded(loaded, conts):
-    on = ModelScorer(loaded, max_batch_size=2)
-    off = ModelScorer(loaded, max_batch_size=2, prefix_cache_bytes=0)
+    on = model_session(loaded, max_batch_size=2)
+    off = model_session(loaded, max_batch_size=2, prefix_cache_bytes=0)
     values_on, values_off = score_in_small_batches(on, conts), score_in_small_batches(off, conts)
     np.testing.assert_allclose(values_on, values_off, atol=1e-4, rtol=0)
     assert on.stats.cached_tokens > 0 and off.stats.cached_tokens == 0
@@ -101,48 +102,46 @@ def test_values_equal_with_the_cache_on_and_off_and_fewer_tokens_forwarded(loade
 
 def test_values_stay_equal_when_a_tiny_bound_evicts(loaded):
     conts = [[5, 6]]
-    reference = score_in_small_batches(ModelScorer(loaded, max_batch_size=2, prefix_cache_bytes=0), conts)
-    prompt_tokens = len(ModelScorer(loaded).encode_prompt(coalition_prompts()[-1]))
+    reference = score_in_small_batches(model_session(loaded, max_batch_size=2, prefix_cache_bytes=0), conts)
+    prompt_tokens = len(model_session(loaded).encode_prompt(coalition_prompts()[-1]))
     config = loaded.model.config
     per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
-    scorer = ModelScorer(loaded, max_batch_size=2, prefix_cache_bytes=per_token * prompt_tokens // 2)
-    np.testing.assert_allclose(score_in_small_batches(scorer, conts), reference, atol=1e-4, rtol=0)
-    assert 0 < scorer.prefix_kv.nbytes <= scorer.prefix_kv.max_bytes
+    session = model_session(loaded, max_batch_size=2, prefix_cache_bytes=per_token * prompt_tokens // 2)
+    np.testing.assert_allclose(score_in_small_batches(session, conts), reference, atol=1e-4, rtol=0)
+    store = session.engine.prefix.store(session.context)
+    assert 0 < store.nbytes <= store.max_bytes == per_token * prompt_tokens // 2
 
 
 def test_single_rows_read_the_cache_that_batches_filled(loaded):
-    scorer = ModelScorer(loaded)
+    session = model_session(loaded)
     prompts = coalition_prompts()
-    scorer.continuation_logprobs(prompts, [[5]])
-    before = scorer.stats.cached_tokens
-    alone = scorer.continuation_logprobs([prompts[-1]], [[5]])
-    assert scorer.stats.cached_tokens > before
-    np.testing.assert_allclose(alone, ModelScorer(loaded, prefix_cache_bytes=0).continuation_logprobs([prompts[-1]], [[5]]), atol=1e-4)
+    session.continuation_logprobs(prompts, [[5]])
+    before = session.stats.cached_tokens
+    alone = session.continuation_logprobs([prompts[-1]], [[5]])
+    assert session.stats.cached_tokens > before
+    np.testing.assert_allclose(alone, model_session(loaded, prefix_cache_bytes=0).continuation_logprobs([prompts[-1]], [[5]]), atol=1e-4)
 
 
 def test_greedy_is_unchanged_by_the_cache(loaded):
     prompts = coalition_prompts()
-    on = ModelScorer(loaded, max_batch_size=2)
+    on = model_session(loaded, max_batch_size=2)
     on.continuation_logprobs(prompts, [[5]])  # fill the cache first
-    assert on.greedy(prompts, max_new_tokens=5) == ModelScorer(loaded, max_batch_size=2, prefix_cache_bytes=0).greedy(prompts, max_new_tokens=5)
+    assert on.greedy(prompts, max_new_tokens=5) == model_session(loaded, max_batch_size=2, prefix_cache_bytes=0).greedy(prompts, max_new_tokens=5)
 
 
 @pytest.mark.slow
 def test_default_model_values_equal_with_the_cache_beyond_its_sliding_window(default_explainer):
     """Gemma 3 270M (window 512) on 6-passage NQ coalitions of ~900 tokens: cached prefixes change no value."""
     from longshap.client.data import load_nq, nq_prompt
+    from longshap.hierarchy import Explainer
 
     prompt = nq_prompt(load_nq(), 5, 5, seed=0)
-    loaded = default_explainer.loaded
+    engine = default_explainer.engine
     request = {"question": prompt.question, "documents": prompt.documents, "target": prompt.answers[0], "levels": ("document",), "budget": 14}
     on = default_explainer.explain(**request)
-    scorer = default_explainer.scorer
-    scorer.prefix_kv.max_bytes, bound = 0, scorer.prefix_kv.max_bytes
-    try:
-        off = default_explainer.explain(**request)
-    finally:
-        scorer.prefix_kv.max_bytes = bound
-    assert loaded.model.config.sliding_window < len(scorer.encode_prompt(prompt.question + " ".join(d["text"] for d in prompt.documents)))
+    # The same engine, with request scopes that keep no prefix states across batches.
+    off = Explainer(engine, cache_scope=CacheScope(enabled=False)).explain(**request)
+    assert engine.model.config.sliding_window < len(engine.encode(prompt.question + " ".join(d["text"] for d in prompt.documents)))
     np.testing.assert_allclose([f.value for f in on.levels[0].features], [f.value for f in off.levels[0].features], atol=1e-3)
     assert on.stats["cached_tokens"] > 0 and off.stats["cached_tokens"] == 0
     assert on.stats["forward_tokens"] < off.stats["forward_tokens"]

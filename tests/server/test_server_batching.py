@@ -10,13 +10,9 @@ import pytest
 from longshap.hierarchy.errors import Cancelled
 from longshap.proto.wire import collect, pb_grpc
 from longshap.server.app import ServerConfig, ServerThread
-from longshap.server.batching import (
-    Batcher,
-    LocalBackend,
-    RequestScorer,
-    Work,
-    split_stats,
-)
+from longshap.hierarchy import Explainer
+from longshap.hierarchy.engines import RunContext
+from longshap.server.batching import BatchingEngine
 from serving import (
     DOCUMENTS,
     LIMITS,
@@ -39,37 +35,45 @@ def _values(explanation) -> list[tuple[str, float, float]]:
     return [(f.id, f.value, f.stderr) for level in explanation.levels for f in level.features]
 
 
-class _Counting(LocalBackend):
-    """A local backend that counts its calls."""
+class _Counting:
+    """An engine that counts the rows of its calls and what they cost (wraps the real one)."""
 
-    def __init__(self, scorer) -> None:
-        super().__init__(scorer)
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.capabilities, self.architecture, self.max_batch_tokens = inner.capabilities, inner.architecture, inner.max_batch_tokens
         self.calls: list[int] = []
+        self.tokens: dict[str, int] = {}
 
-    def run(self, work, should_stop, caller=None):
-        self.calls.append(len(work.rows))
-        return super().run(work, should_stop, caller)
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
+    def _counted(self, method, rows, context, *args):
+        self.calls.append(len(rows))
+        results = getattr(self.inner, method)(rows, *args, context) if method != "greedy" else self.inner.greedy(rows, args[0], context, *args[1:])
+        for name, value in context.stats.as_dict().items():
+            self.tokens[name] = self.tokens.get(name, 0) + value
+        return results
 
-def _request_explainer(explainer, executor):
-    import copy
+    def score(self, rows, context):
+        return self._counted("score", rows, context)
 
-    clone = copy.copy(explainer)
-    clone.scorer = RequestScorer(explainer.scorer, executor)
-    return clone
+    def score_tokens(self, rows, context):
+        return self._counted("score_tokens", rows, context)
+
+    def greedy(self, rows, max_new_tokens, context, tree=None):
+        return self._counted("greedy", rows, context, max_new_tokens, tree)
 
 
 def test_concurrent_requests_share_passes_and_equal_single_requests(tiny_explainer):
     alone = [tiny_explainer.explain(**request) for request in REQUESTS]
-    backend = _Counting(tiny_explainer.scorer)
-    model_before = tiny_explainer.scorer.stats.as_dict()
-    batcher = Batcher(backend, window_s=0.05)
+    counting = _Counting(tiny_explainer.engine)
+    batcher = BatchingEngine(counting, window_s=0.05)
+    shared = Explainer(batcher)
     start = threading.Barrier(len(REQUESTS))
 
     def run(request):
-        explainer = _request_explainer(tiny_explainer, batcher)
         start.wait()
-        return explainer.explain(**request)
+        return shared.explain(**request)
 
     try:
         with ThreadPoolExecutor(len(REQUESTS)) as pool:
@@ -87,41 +91,47 @@ def test_concurrent_requests_share_passes_and_equal_single_requests(tiny_explain
         assert merged.stats["evaluations"] == one.stats["evaluations"]
         assert merged.stats["coalitions"] == one.stats["coalitions"]
     # The merged calls' costs are shared out exactly: the requests' shares add up to what the model did.
-    model_after = tiny_explainer.scorer.stats.as_dict()
     for name in ("forward_tokens", "reused_tokens", "forward_passes", "decode_steps"):
-        assert sum(merged.stats[name] for merged in together) == model_after[name] - model_before[name]
+        assert sum(merged.stats[name] for merged in together) == counting.tokens.get(name, 0)
     assert all(merged.stats["forward_tokens"] > 0 for merged in together)
 
 
-def test_shared_out_stats_add_up_exactly():
-    shares = split_stats({"forward_tokens": 10, "forward_passes": 1, "reused_tokens": 0}, [1, 1, 1])
-    assert [s["forward_tokens"] for s in shares] == [4, 3, 3]
-    assert sum(s["forward_passes"] for s in shares) == 1
-    assert split_stats({"forward_tokens": 7}, [0, 0]) == [{"forward_tokens": 4}, {"forward_tokens": 3}]
+def test_gradient_methods_run_through_the_batcher_with_in_process_values(tiny_explainer):
+    request = {"question": QUESTION, "documents": DOCUMENTS, "target": "Paris", "method": "integrated_gradients", "budget": 8}
+    alone = tiny_explainer.explain(**request)
+    batcher = BatchingEngine(tiny_explainer.engine)
+    try:
+        batched = Explainer(batcher).explain(**request)
+    finally:
+        batcher.close()
+    np.testing.assert_allclose([v for _, v, _ in _values(batched)], [v for _, v, _ in _values(alone)], atol=1e-6)
+    assert batched.stats["gradient_rows"] == alone.stats["gradient_rows"]
 
 
 def test_a_cancelled_caller_returns_at_once_while_the_merged_call_goes_on(tiny_explainer):
     started, release = threading.Event(), threading.Event()
+    engine = tiny_explainer.engine
 
-    class Blocking(LocalBackend):
-        def run(self, work, should_stop, caller=None):
+    class Blocking(_Counting):
+        def greedy(self, rows, max_new_tokens, context, tree=None):
             started.set()
             release.wait(10)
-            return super().run(work, should_stop, caller)
+            return super().greedy(rows, max_new_tokens, context, tree)
 
-    batcher = Batcher(Blocking(tiny_explainer.scorer))
+    batcher = BatchingEngine(Blocking(engine))
     stop = threading.Event()
-    rows = [tiny_explainer.scorer.encode_prompt("a charming journey")]
+    rows = [engine.encode("a charming journey")]
+    waiting = RunContext()
     try:
-        other = ThreadPoolExecutor(1).submit(batcher.run, Work("greedy", rows, 2), lambda: False)
+        other = ThreadPoolExecutor(1).submit(batcher.greedy, rows, 2, waiting)
         started.wait(10)
-        failed = ThreadPoolExecutor(1).submit(batcher.run, Work("greedy", rows, 2), stop.is_set)
+        failed = ThreadPoolExecutor(1).submit(batcher.greedy, rows, 2, RunContext(stop.is_set))
         stop.set()
         with pytest.raises(Cancelled):
             failed.result(timeout=2)
         release.set()
-        results, stats = other.result(timeout=30)
-        assert len(results) == 1 and stats["forward_passes"] >= 1
+        assert len(other.result(timeout=30)) == 1
+        assert waiting.stats.forward_passes >= 1
     finally:
         release.set()
         batcher.close()
@@ -137,7 +147,7 @@ def test_server_runs_concurrent_requests_with_single_request_values(tiny_llama_d
         requests = [qa_request(budget=30, seed=seed) for seed in (1, 2, 3)]
         with ThreadPoolExecutor(3) as pool:
             streams = list(pool.map(lambda r: list(stub.Explain(r, timeout=120)), requests))
-        assert isinstance(server.running.service.executors["tiny"], Batcher)
+        assert isinstance(server.running.service.explainers["tiny"].engine, BatchingEngine)
         for seed, events in zip((1, 2, 3), streams):
             expected = tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, budget=30, seed=seed).to_dict()
             got = collect(events)
@@ -161,10 +171,13 @@ def test_server_runs_concurrent_requests_with_single_request_values(tiny_llama_d
         assert [e.WhichOneof("event") for e in stub.Explain(quick_request(), timeout=30)][-1] == "done"
 
 
-def test_request_explainer_refuses_empty_continuations(tiny_explainer):
-    scorer = RequestScorer(tiny_explainer.scorer, LocalBackend(tiny_explainer.scorer))
-    with pytest.raises(ValueError, match="continuation"):
-        scorer.continuation_logprobs(["x"], [[]])
+def test_the_batcher_refuses_empty_continuations(tiny_explainer):
+    batcher = BatchingEngine(tiny_explainer.engine)
+    try:
+        with pytest.raises(ValueError, match="continuation"):
+            Explainer(batcher).session().continuation_logprobs(["x"], [[]])
+    finally:
+        batcher.close()
 
 
 def test_scale_options_are_checked():

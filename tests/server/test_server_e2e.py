@@ -124,10 +124,11 @@ def test_a_model_failure_is_internal_with_the_request_id_not_blamed_on_the_user(
 
     explainer = Explainer.from_pretrained(str(tiny_llama_dir))
 
-    def broken(prompts, continuations):
+    def broken(rows, context):
         raise ValueError("scores are NaN")
 
-    monkeypatch.setattr(explainer.scorer, "continuation_logprobs", broken)
+    monkeypatch.setattr(explainer.engine, "score", broken)
+    monkeypatch.setattr(explainer.engine, "score_tokens", broken)
     with ServerThread(ServerConfig(port=0), {"tiny": explainer}) as server, grpc.insecure_channel(server.address) as channel:
         call = pb_grpc.ExplainerStub(channel).Explain(quick_request())
         with pytest.raises(grpc.RpcError) as failure:
@@ -142,7 +143,7 @@ def test_an_engine_request_error_found_while_running_is_invalid_argument(tiny_ll
     from longshap.hierarchy import Explainer
 
     explainer = Explainer.from_pretrained(str(tiny_llama_dir))
-    monkeypatch.setattr(explainer.scorer, "decode", lambda tokens: "")
+    monkeypatch.setattr(explainer.engine, "decode", lambda tokens: "")
     with ServerThread(ServerConfig(port=0), {"tiny": explainer}) as server, grpc.insecure_channel(server.address) as channel:
         with pytest.raises(grpc.RpcError) as failure:
             list(pb_grpc.ExplainerStub(channel).Explain(qa_request(budget=4)))

@@ -191,7 +191,7 @@ def test_serve_model_flags_reach_the_loaded_models(tiny_llama_dir):
 
     args = build_parser().parse_args(["--model", f"tiny={tiny_llama_dir}", "--dtype", "bfloat16", "--device", "cpu", "--attn-implementation", "eager"])
     explainer = load_explainers(args.model, load_options=model_options(args))["tiny"]
-    model = explainer.scorer.model
+    model = explainer.engine.model
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.config._attn_implementation == "eager"
 

@@ -1,7 +1,6 @@
 """Ray replicas on a real local cluster bound to 127.0.0.1: same values, shared replicas, cancellation, replaced replicas."""
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,31 +11,22 @@ import pytest
 from longshap.hierarchy.errors import Cancelled
 from longshap.proto.wire import collect, pb_grpc
 from longshap.server.app import ServerConfig, ServerThread
-from longshap.server.batching import RequestScorer
+from longshap.hierarchy import Explainer
 from serving import DOCUMENTS, LIMITS, QUESTION, qa_request, slow_request, wait_until
 
 ray = pytest.importorskip("ray")
-from longshap.server.ray_backend import RayBackend, Replica, connect, disconnect  # noqa: E402  (needs ray)
+from longshap.server.ray_backend import Replica  # noqa: E402  (needs ray)
 
 REQUEST = {"question": QUESTION, "documents": DOCUMENTS, "budget": 60, "seed": 5}
 
 
-@pytest.fixture(scope="module")
-def backend(tiny_llama_dir):
-    """Two tiny-model replicas on a local Ray cluster (3 CPUs: room to replace one), shut down at the end."""
-    assert connect(num_cpus=3), "Ray was already initialised by something else"
-    try:
-        backend = RayBackend(str(tiny_llama_dir), replicas=2, chunk_rows=8)
-        yield backend
-        backend.close()
-    finally:
-        disconnect()
+@pytest.fixture
+def backend(ray_engine):
+    return ray_engine
 
 
 def _on(backend, explainer):
-    clone = copy.copy(explainer)
-    clone.scorer = RequestScorer(explainer.scorer, backend)
-    return clone
+    return Explainer(backend)
 
 
 def _values(explanation) -> list[float]:
@@ -121,6 +111,17 @@ def test_a_replica_loads_its_model_with_the_serve_flags(tiny_llama_dir):
     """`longshap serve --ray --dtype ...` hands its load options to every replica (here built in-process, outside Ray)."""
     import torch
 
-    replica = Replica(str(tiny_llama_dir), max_batch_tokens=256, threads=1, load_options={"dtype": "bfloat16", "attn_implementation": "eager"})
-    assert {p.dtype for p in replica.scorer.model.parameters()} == {torch.bfloat16}
-    assert replica.scorer.model.config._attn_implementation == "eager"
+    replica = Replica(str(tiny_llama_dir), {"max_batch_tokens": 256}, threads=1, load_options={"dtype": "bfloat16", "attn_implementation": "eager"})
+    assert {p.dtype for p in replica.engine.model.parameters()} == {torch.bfloat16}
+    assert replica.engine.model.config._attn_implementation == "eager"
+    assert replica.engine.max_batch_tokens == 256
+
+
+def test_gradient_methods_run_on_a_replica_with_in_process_values(backend, tiny_explainer):
+    request = {"question": QUESTION, "documents": DOCUMENTS, "target": "Paris", "method": "integrated_gradients", "budget": 8}
+    local = tiny_explainer.explain(**request)
+    remote = Explainer(backend).explain(**request)
+    np.testing.assert_allclose(_values(remote), _values(local), rtol=0, atol=1e-6)
+    assert remote.stats["gradient_rows"] == local.stats["gradient_rows"]
+    # Replicas keep prefix states across calls, so tokens split differently between forwarded and reused; none is lost.
+    assert remote.stats["forward_tokens"] + remote.stats["reused_tokens"] == local.stats["forward_tokens"] + local.stats["reused_tokens"]
