@@ -9,6 +9,8 @@ from typing import Sequence
 
 import torch
 
+from longshap.hierarchy.results import json_safe
+
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
@@ -32,7 +34,7 @@ def write_json(path: Path | None, figures: dict) -> None:
     if path is None:
         return
     figures = {"machine": machine(), **figures}
-    path.write_text(json.dumps(figures, indent=2, sort_keys=True))
+    path.write_text(json.dumps(json_safe(figures), indent=2, sort_keys=True, allow_nan=False))
 
 
 def machine() -> str:

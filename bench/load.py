@@ -50,8 +50,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(model: str | None, queue_size: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str | None, queue_size: int, threads: int, concurrency: int = 1) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "longshap.client.cli", "serve", "--port", "0", "--queue-size", str(queue_size), "--threads", str(threads)]
+    command += ["--concurrency", str(concurrency)]
     command += ["--model", model] if model else []
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in process.stderr:
@@ -71,9 +72,17 @@ def main() -> None:
     args_parser.add_argument("--requests", type=int, default=50, help="per client")
     args_parser.add_argument("--queue-size", type=int, default=4)
     args_parser.add_argument("--threads", type=int, default=1)
-    args_parser.add_argument("--deadline", type=float, default=120.0, help="seconds per request; one not answered by then is a hang")
+    args_parser.add_argument("--deadline", type=float, default=120.0, help="seconds per request; one not answered by then is a hang (--worst-case: each request's deadline)")
     args_parser.add_argument("--max-seconds", type=float, default=1800.0, help="no new request after this")
+    args_parser.add_argument("--worst-case", action="store_true", help="the costliest requests the default limits allow (bench.worst_case)")
+    args_parser.add_argument("--tiny", action="store_true", help="with --worst-case: a tiny random model built on the spot")
+    args_parser.add_argument("--fairness-seconds", type=float, default=60.0, help="with --worst-case: how long the fairness clients run")
     args = args_parser.parse_args()
+    if args.worst_case:
+        from bench.worst_case import main as worst_case
+
+        worst_case(args)
+        return
     if args.quick:
         args.clients, args.requests = min(args.clients, 4), min(args.requests, 10)
     workload = requests()

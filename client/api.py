@@ -9,6 +9,7 @@ stream into the engine's Explanation JSON.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import grpc
@@ -16,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from longshap.hierarchy.options import OPTIONS, Option
 from longshap.hierarchy.segmentation import LEVELS
+from longshap.client.retry import Deadline, RetryPolicy
 from longshap.proto.wire import SERVICE_NAME, pb, pb_grpc
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -79,9 +81,17 @@ def rerank_request(question: str, documents: Sequence[Mapping[str, str]], candid
 
 
 class LongShapClient:
-    """Calls a LongSHAP server; `token` adds bearer auth, `tls_ca` (PEM bytes) turns on TLS."""
+    """Calls a LongSHAP server; `token` adds bearer auth, `tls_ca` (PEM bytes) turns on TLS.
 
-    def __init__(self, address: str, token: str | None = None, tls_ca: bytes | None = None, timeout: float | None = None) -> None:
+    A call the busy server refuses (RESOURCE_EXHAUSTED) is tried again after the
+    server's pushback, jittered (`retry`; `RetryPolicy(attempts=1)` never retries),
+    within the call's timeout.
+    """
+
+    def __init__(
+        self, address: str, token: str | None = None, tls_ca: bytes | None = None, timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         if tls_ca is not None:
             self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=tls_ca), CHANNEL_OPTIONS)
         else:
@@ -89,6 +99,7 @@ class LongShapClient:
         self.stub = pb_grpc.ExplainerStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
 
     def explain(self, timeout: float | None = None, **request) -> Iterator[pb.ExplainEvent]:
         """Stream the events of one explanation (see `explain_request` for the options)."""
@@ -96,13 +107,24 @@ class LongShapClient:
 
     def explain_events(self, request: pb.ExplainRequest, timeout: float | None = None) -> Iterator[pb.ExplainEvent]:
         """Stream the events of a prepared request; leaving the loop early cancels the call."""
-        call = self.stub.Explain(request, timeout=timeout or self.timeout, metadata=self.metadata)
-        try:
-            yield from call
-        except grpc.RpcError as error:
-            raise LongShapError.from_rpc(error) from None
-        finally:
-            call.cancel()
+        deadline = Deadline(timeout or self.timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            call = self.stub.Explain(request, timeout=deadline.left(), metadata=self.metadata)
+            started = False
+            try:
+                for event in call:
+                    started = True
+                    yield event
+                return
+            except grpc.RpcError as error:
+                wait = None if started else self.retry.delay(attempt, error)
+                if wait is None or not deadline.allows(wait):
+                    raise LongShapError.from_rpc(error) from None
+            finally:
+                call.cancel()
+            time.sleep(wait)
 
     def rerank(self, request: pb.RerankRequest | None = None, timeout: float | None = None, **fields) -> pb.RerankResponse:
         """Rank candidate answers by document support, then the documents for the best one (see `rerank_request`)."""
@@ -118,10 +140,17 @@ class LongShapClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def _unary(self, method, request, timeout: float | None):
-        try:
-            return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
-        except grpc.RpcError as error:
-            raise LongShapError.from_rpc(error) from None
+        deadline = Deadline(timeout or self.timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return method(request, timeout=deadline.left(), metadata=self.metadata)
+            except grpc.RpcError as error:
+                wait = self.retry.delay(attempt, error)
+                if wait is None or not deadline.allows(wait):
+                    raise LongShapError.from_rpc(error) from None
+            time.sleep(wait)
 
     def close(self) -> None:
         self.channel.close()

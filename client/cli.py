@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -64,13 +65,15 @@ def _timeout(text: str) -> float | None:
     return None if math.isinf(seconds) else seconds
 
 
-def _writable(path: Path) -> Path:
+def _writable(path: Path, flag: str, suffix: str | None = None) -> Path:
     """Refuse an output file that cannot be written before spending minutes on the explanation."""
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise UsageError(f"{flag} {str(path)!r}: name the file with {suffix} (it is written as {suffix[1:].upper()})")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if path.is_dir() or not folder.is_dir() or not os.access(path if path.exists() else folder, os.W_OK):
-        raise UsageError(f"--html {path}: cannot write there")
+        raise UsageError(f"{flag} {path}: cannot write there")
     return path
 
 
@@ -119,7 +122,11 @@ def _explain(args: argparse.Namespace, request: pb.ExplainRequest, documents: li
     colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
     progress = not args.no_progress and sys.stderr.isatty()
     if args.html:
-        _writable(args.html)
+        _writable(args.html, "--html")
+    if args.png:
+        _writable(args.png, "--png", ".png")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--png needs matplotlib: pip install 'longshap[plot]'")
     view = LiveView(sys.stdout, sys.stderr, colour, show_levels=not args.json, show_progress=progress)
     if args.local:
         run_local(args, request, view.handle)
@@ -151,8 +158,8 @@ def _explain(args: argparse.Namespace, request: pb.ExplainRequest, documents: li
 
         try:
             write_png(explanation, args.png)
-        except RuntimeError as error:
-            raise UsageError(str(error)) from None
+        except OSError as error:
+            raise UsageError(f"--png {args.png}: cannot write: {error.strerror or error}") from None
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
@@ -232,7 +239,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     limits = response.limits
     print(
         f"limits: {limits.max_documents} documents, {limits.max_characters} characters per evaluation, "
-        f"{limits.max_field_characters} per field, {limits.max_labels} labels, budget {limits.max_budget}, queue {limits.queue_size}"
+        f"{limits.max_field_characters} per field, {limits.max_labels} labels, budget {limits.max_budget}, "
+        f"{limits.max_players} players per game, queue {limits.queue_size}"
     )
     return 0
 

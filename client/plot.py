@@ -70,5 +70,5 @@ def write_png(explanation: dict, path: Path) -> None:
         bottom.set_title(f"top {level['level']} units", fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=150)
+    figure.savefig(path, dpi=150, format="png")
     plt.close(figure)

@@ -70,16 +70,23 @@ def _document_body(explanation: dict, documents: Sequence[dict], index: int, wra
     return _walk(text, top, 0, len(text), by_parent, wrap, plain)
 
 
-def _stderr(value: float) -> str:
-    """Gradient methods sample nothing: their NaN standard error reads 'n/a'; an error the samples
-    cannot determine (inf: too few for the unit's game) reads 'unknown', never a number."""
+def _stderr(value: float | None, sampled: bool = True) -> str:
+    """Gradient methods sample nothing: their standard error (NaN, null in JSON) reads 'n/a'; an error
+    the samples cannot determine (inf, null in JSON: too few for the unit's game) reads 'unknown'."""
+    if value is None:
+        return "unknown" if sampled else "n/a"
     if math.isnan(value):
         return "n/a"
     return "unknown" if math.isinf(value) else f"{value:.4f}"
 
 
-def _label(feature: dict) -> str:
-    return f"{feature['id']}: {feature['value']:+.4f} ± {_stderr(feature['stderr'])}"
+def _sampled(explanation: dict) -> bool:
+    """Whether the values were sampled (coalition estimators) rather than computed from gradients."""
+    return "gradients" not in (explanation.get("extras") or {})
+
+
+def _label(feature: dict, sampled: bool = True) -> str:
+    return f"{feature['id']}: {feature['value']:+.4f} ± {_stderr(feature['stderr'], sampled)}"
 
 
 def top_features(level: dict, count: int) -> list[dict]:
@@ -135,7 +142,7 @@ def terminal_view(explanation: dict, documents: Sequence[dict], colour: bool) ->
     lines = [f"answer: {explanation['answer']!r}  (value {explanation['value_function']}, total effect {explanation['total_effect']:+.4f})"]
     for index, feature in ranked_documents(explanation, documents):
         title = documents[index].get("title") or f"document {index}"
-        score = f"{feature['value']:+.4f} ± {_stderr(feature['stderr'])}" if feature else ""
+        score = f"{feature['value']:+.4f} ± {_stderr(feature['stderr'], _sampled(explanation))}" if feature else ""
         lines.append(f"\n[d{index}] {title}  {score}")
         lines.append("  " + _document_body(explanation, documents, index, wrap, lambda s: s).replace("\n", " "))
     return "\n".join(lines)
@@ -230,7 +237,7 @@ def _css_background(feature: dict, scale: float) -> str:
 
 def html_report(explanation: dict, documents: Sequence[dict], question: str = "") -> str:
     """A self-contained page: documents ranked, sentences and words highlighted, values on hover."""
-    scales, levels = _scales(explanation), _level_of(explanation)
+    scales, levels, sampled = _scales(explanation), _level_of(explanation), _sampled(explanation)
 
     def wrap(feature: dict, inner: str) -> str:
         level = levels[feature["id"]]
@@ -238,13 +245,13 @@ def html_report(explanation: dict, documents: Sequence[dict], question: str = ""
             return inner
         return (
             f'<span class="hl {level}" data-id="{feature["id"]}" data-value="{feature["value"]:.6g}" '
-            f'style="{_css_background(feature, scales[level])}" title="{html.escape(_label(feature))}">{inner}</span>'
+            f'style="{_css_background(feature, scales[level])}" title="{html.escape(_label(feature, sampled))}">{inner}</span>'
         )
 
     sections = []
     for rank, (index, feature) in enumerate(ranked_documents(explanation, documents), 1):
         title = html.escape(documents[index].get("title") or f"document {index}")
-        score = f' <span class="score">{html.escape(_label(feature))}</span>' if feature else ""
+        score = f' <span class="score">{html.escape(_label(feature, sampled))}</span>' if feature else ""
         style = f' style="border-left:6px solid rgba{(*shade(feature["value"], scales["document"])[0], 0.8)}"' if feature else ""
         body = _document_body(explanation, documents, index, wrap, html.escape)
         sections.append(f'<section class="doc" data-doc="{index}"{style}><h2>#{rank} [d{index}] {title}{score}</h2><p>{body}</p></section>')

@@ -56,8 +56,11 @@ stopped at the documents), where the whole budget in one run does."""
 
 
 def z_score(confidence: float) -> float:
-    """Two-sided normal quantile for `confidence` (0.95 -> 1.96)."""
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
+    """Two-sided normal quantile for `confidence` (0.95 -> 1.96).
+
+    Taken from the lower tail: 0.5 + confidence / 2 rounds to 1 for a confidence within
+    float precision of 1, where the quantile does not exist."""
+    return -NormalDist().inv_cdf((1 - confidence) / 2)
 
 
 @dataclass
@@ -74,6 +77,11 @@ class Pooled:
 
     def add(self, estimate: Estimate, evaluations: int) -> None:
         values, stderr = np.atleast_2d(estimate.values.T).T, np.atleast_2d(estimate.stderr.T).T
+        self.rounds += 1
+        self.evaluations += evaluations
+        self.methods.append(estimate.method)
+        if self.weight > 0 and estimate.extras.get("unmeasured"):
+            return  # a round with no budget measured nothing; its zeros are not samples
         w = float(max(estimate.samples, 1))
         width = max(values.shape[1], 0 if self.weighted_sum is None else self.weighted_sum.shape[1])
         previous_sum = np.zeros((values.shape[0], width)) if self.weighted_sum is None else pad_to(self.weighted_sum, width)
@@ -81,9 +89,6 @@ class Pooled:
         self.weighted_sum = previous_sum + w * pad_to(values, width)
         self.weighted_var = previous_var + w**2 * pad_to(stderr, width) ** 2
         self.weight += w
-        self.rounds += 1
-        self.evaluations += evaluations
-        self.methods.append(estimate.method)
 
     @property
     def method(self) -> str:
@@ -192,7 +197,7 @@ def run_in_rounds(
             game, pool = games[index], pools[index]
             share = _round_share(budgets[index], pool.rounds, game_rounds[index])
             before = game.evaluations
-            estimate = estimator.attribute(game, max(1, min(share, budgets[index] - pool.evaluations)), rngs[index])
+            estimate = estimator.attribute(game, max(0, min(share, budgets[index] - pool.evaluations)), rngs[index])
             pool.add(estimate, game.evaluations - before)
             if progress is not None:
                 progress(index, Progress(pool.evaluations, budgets[index], pool.values, pool.stderr))

@@ -18,7 +18,7 @@ from longshap.hierarchy.allocation import INDIFFERENCE, Allocation, Pooled, expa
 from longshap.hierarchy.engines.base import GRADIENTS, CacheScope, Engine, RunContext
 from longshap.hierarchy.engines.session import ModelSession
 from longshap.hierarchy.estimators import Progress, get_estimator
-from longshap.hierarchy.estimators.base import Estimator
+from longshap.hierarchy.estimators.base import Estimator, WithinBudget
 from longshap.hierarchy.request import ExplainRequest, RequestError
 from longshap.hierarchy.games import MemoisedGame, pad_columns
 from longshap.hierarchy.gradients import UNSIGNED_METHODS, TokenAttributions, is_gradient_method
@@ -71,15 +71,22 @@ class Explainer:
     statistics, prefix states), and the engine is the only shared part.
     """
 
-    def __init__(self, engine: Engine | LoadedModel, cache_scope: CacheScope | None = None) -> None:
+    def __init__(
+        self, engine: Engine | LoadedModel, cache_scope: CacheScope | None = None, max_level_budget: int | None = None,
+        max_players: int | None = None,
+    ) -> None:
         """`engine` runs the model (a `LoadedModel` gets the transformers engine); `cache_scope`, when given, is
-        shared by every request (their prefix states then outlive them), else each request keeps its own."""
+        shared by every request (their prefix states then outlive them), else each request keeps its own;
+        `max_level_budget` caps what a level plans when a request leaves the budget to the estimators' defaults;
+        `max_players` refuses a game with more units (its memory grows with players times budget)."""
         if not isinstance(engine, Engine):
             from longshap.hierarchy.engines.hf_engine import TransformersEngine
 
             engine = TransformersEngine(engine)
         self.engine: Engine = engine
         self.cache_scope = cache_scope
+        self.max_level_budget = max_level_budget
+        self.max_players = max_players
 
     @property
     def architecture(self) -> str:
@@ -156,6 +163,7 @@ class Explainer:
         prompt = _prompt(request)
         stop = session.context.stopped
         tree = FeatureTree(prompt.documents, session.token_offsets)
+        self._check_players(ROOT, request.levels[0], tree.expand(ROOT, request.levels[0]))
         session.context.check()
         target_spec, answer_event = self._target(session, prompt, request, tree)
         session.context.check()
@@ -226,7 +234,7 @@ class Explainer:
 
     def _levels(self, run: _Run) -> Iterator:
         tree, game, value_fn, options = run.tree, run.game, run.value_fn, run.request
-        estimator = None if run.gradients is not None else get_estimator(options.method)
+        estimator = None if run.gradients is not None else WithinBudget(get_estimator(options.method))
         parents = [ROOT]
         results: list[Level] = []
         evaluations_at_start = game.evaluations
@@ -238,6 +246,8 @@ class Explainer:
             tokens_before = (stats.forward_tokens, stats.reused_tokens)
             groups = [(parent, tree.expand(parent, level)) for parent in parents]
             groups = [(parent, children) for parent, children in groups if children]
+            for parent, children in groups:
+                self._check_players(parent, level, children)
             order = [unit for _, children in groups for unit in children]
             if run.gradients is not None:  # one gradient computation, before the walk, serves every level
                 budgets = [0] * len(groups)
@@ -250,7 +260,7 @@ class Explainer:
                     level_budget = run.allocation.level_budget(options.budget, spent, len(options.levels) - depth)
                     if level_budget is not None and level_budget < 1:
                         break  # the total budget is spent: the explanation ends at the previous level
-                budgets = self._split_budget(level_budget, estimator, [len(children) for _, children in groups])
+                budgets = self._split_budget(level_budget, estimator, [len(children) for _, children in groups], self.max_level_budget)
                 planned = sum(budgets)
             placeholder_features = [self._feature(tree, unit, 0.0, 0.0, None, []) for unit in order]
             yield LevelStartEvent(level, placeholder_features, planned)
@@ -357,14 +367,34 @@ class Explainer:
 
         return unsettled
 
+    def _check_players(self, parent: str, level: str, children: Sequence[str]) -> None:
+        """Refuse a game with more players than `max_players`, before any of its work."""
+        if self.max_players is not None and len(children) > self.max_players:
+            where = "the request" if parent == ROOT else parent
+            raise RequestError(
+                "levels", f"{where} has {len(children)} {level} units, more than the {self.max_players} one game may have "
+                "(max_players); explain a coarser level first"
+            )
+
     @staticmethod
-    def _split_budget(budget: int | None, estimator: Estimator, sizes: Sequence[int]) -> list[int]:
-        """Share a per-level budget among the level's games in proportion to their size; by default each game gets the estimator's own."""
+    def _split_budget(budget: int | None, estimator: Estimator, sizes: Sequence[int], cap: int | None = None) -> list[int]:
+        """Share a per-level budget among the level's games in proportion to their size; by default each game gets the estimator's own.
+
+        The shares add up to the budget exactly (largest remainders), so a level never
+        plans more than it was given; a game whose share is 0 is not sampled (its units
+        stay unknown). Defaults adding up to more than `cap` give way to `cap`.
+        """
         if budget is None:
-            return [estimator.default_budget(n) for n in sizes]
+            defaults = [estimator.default_budget(n) for n in sizes]
+            if cap is None or sum(defaults) <= cap:
+                return defaults
+            budget = cap
         weights = np.array([n + 1 for n in sizes], dtype=float)
-        shares = np.floor(budget * weights / weights.sum()).astype(int)
-        return [max(1, int(share)) for share in shares]
+        exact = budget * weights / weights.sum()
+        shares = np.floor(exact).astype(int)
+        for index in np.argsort(-(exact - shares), kind="stable")[: budget - int(shares.sum())]:
+            shares[index] += 1
+        return [int(share) for share in shares]
 
     def _progress_callback(self, on_progress, level, children, planned, request, evaluations_before):
         if on_progress is None:

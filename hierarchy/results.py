@@ -1,7 +1,25 @@
-"""Explanation results and stream events; `to_dict()` gives the public JSON schema."""
+"""Explanation results and stream events; `to_dict()` gives the public JSON schema.
+
+The schema is strict JSON: a number that is not finite becomes null (a standard error
+that does not apply, as for gradient methods, or that the data cannot bound), since
+NaN and Infinity are not JSON and strict parsers (JavaScript, Go, serde) refuse them.
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 @dataclass
@@ -38,7 +56,7 @@ class Level:
     at the requested confidence before the budget ran out (empty: all settled). None otherwise."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return json_safe(asdict(self))
 
 
 @dataclass
@@ -63,7 +81,7 @@ class Explanation:
         raise KeyError(f"no {name!r} level in this explanation")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return json_safe(asdict(self))
 
 
 @dataclass

@@ -24,6 +24,11 @@ from longshap.hierarchy.segmentation import ROOT, FeatureTree
 
 Absent = frozenset[str]
 MODES = ("owen", "local")
+CHUNK_CHARACTERS = 4_000_000
+"""Prompt characters rendered and valued per value-function call at most: one call's prompts
+(and their token lists) stay bounded in memory however many coalitions an estimator asks for."""
+POLL_EVERY = 64
+"""Prompts rendered between two looks at the stop flag."""
 
 
 class RequestGame:
@@ -42,14 +47,27 @@ class RequestGame:
         self._cache: dict[Absent, np.ndarray] = {}
 
     def values(self, absent_sets: Sequence[Absent]) -> np.ndarray:
+        """Values of each absent set; new ones rendered lazily and valued in chunks of CHUNK_CHARACTERS."""
         missing = list(dict.fromkeys(a for a in absent_sets if a not in self._cache))
-        if missing:
-            if self.should_stop is not None and self.should_stop():
-                raise Cancelled("explanation cancelled")
-            fresh = as_2d(self.value_fn([self.render(a) for a in missing]), len(missing))
-            self._cache.update(zip(missing, fresh))
-            self.evaluations += len(missing)
+        chunk: list[Absent] = []
+        prompts: list[str] = []
+        size = 0
+        for index, absent in enumerate(missing):
+            if index % POLL_EVERY == 0:
+                self._check_stop()
+            prompts.append(self.render(absent))
+            chunk.append(absent)
+            size += len(prompts[-1])
+            if size >= CHUNK_CHARACTERS or index == len(missing) - 1:
+                self._check_stop()
+                self._cache.update(zip(chunk, as_2d(self.value_fn(prompts), len(prompts))))
+                self.evaluations += len(prompts)
+                chunk, prompts, size = [], [], 0
         return pad_columns([self._cache[a][None, :] for a in absent_sets])
+
+    def _check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("explanation cancelled")
 
 
 def _preceding_distribution(others: Sequence[str]) -> list[tuple[frozenset[str], float]]:

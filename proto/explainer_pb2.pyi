@@ -349,7 +349,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_documents", "max_characters", "max_budget", "max_candidates", "queue_size", "max_labels", "max_field_characters")
+    __slots__ = ("max_documents", "max_characters", "max_budget", "max_candidates", "queue_size", "max_labels", "max_field_characters", "max_players")
     MAX_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     MAX_CHARACTERS_FIELD_NUMBER: _ClassVar[int]
     MAX_BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -357,6 +357,7 @@ class Limits(_message.Message):
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_LABELS_FIELD_NUMBER: _ClassVar[int]
     MAX_FIELD_CHARACTERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PLAYERS_FIELD_NUMBER: _ClassVar[int]
     max_documents: int
     max_characters: int
     max_budget: int
@@ -364,7 +365,8 @@ class Limits(_message.Message):
     queue_size: int
     max_labels: int
     max_field_characters: int
-    def __init__(self, max_documents: _Optional[int] = ..., max_characters: _Optional[int] = ..., max_budget: _Optional[int] = ..., max_candidates: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_labels: _Optional[int] = ..., max_field_characters: _Optional[int] = ...) -> None: ...
+    max_players: int
+    def __init__(self, max_documents: _Optional[int] = ..., max_characters: _Optional[int] = ..., max_budget: _Optional[int] = ..., max_candidates: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_labels: _Optional[int] = ..., max_field_characters: _Optional[int] = ..., max_players: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "is_default", "architecture")

@@ -101,7 +101,7 @@ def event_to_proto(event: Any, request_id: str = "") -> pb.ExplainEvent:
             full_value=result.full_value, empty_value=result.empty_value, label_probabilities=result.label_probabilities or {},
             answers=[pb.AnswerShare(answer=a["answer"], share=a["share"]) for a in result.answers or []],
             summary=summary_proto(result.stats), request_id=request_id, answer_tokens=result.answer_tokens or [],
-            explanation_json=json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=True),
+            explanation_json=json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=False),
         ))
     raise TypeError(f"unknown engine event {event!r}")
 

@@ -133,7 +133,8 @@ async def start_server(config: ServerConfig, explainers: Mapping, backends: Mapp
         raise ValueError("at least one model must be served")
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
-    served, owned = serving_explainers(explainers, backends or {}, config.concurrency, config.batching)
+    limits = config.limits
+    served, owned = serving_explainers(explainers, backends or {}, config.concurrency, config.batching, limits.max_budget, limits.max_players)
     service = ExplainerService(served, next(iter(served)), config.limits, config.concurrency)
     add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()

@@ -179,12 +179,15 @@ class BatchingEngine:
 
 
 def serving_explainers(
-    explainers: Mapping[str, Explainer], engines: Mapping[str, Engine], concurrency: int, batching: bool
+    explainers: Mapping[str, Explainer], engines: Mapping[str, Engine], concurrency: int, batching: bool,
+    max_level_budget: int | None = None, max_players: int | None = None,
 ) -> tuple[dict[str, Explainer], list[BatchingEngine]]:
     """Per model, the explainer its requests share, and the batchers started for them (the server closes those).
 
     A model runs on its given engine (Ray replicas) or its explainer's own, behind a
-    batcher when requests run concurrently and batching is on.
+    batcher when requests run concurrently and batching is on; no level plans more
+    than `max_level_budget` evaluations, the estimators' defaults included, and no game
+    has more than `max_players` units.
     """
     unknown = set(engines) - set(explainers)
     if unknown:
@@ -196,5 +199,5 @@ def serving_explainers(
         if batching and concurrency > 1:
             engine = BatchingEngine(engine)
             owned.append(engine)
-        served[name] = explainer if engine is explainer.engine else Explainer(engine, explainer.cache_scope)
+        served[name] = Explainer(engine, explainer.cache_scope, max_level_budget, max_players)
     return served, owned

@@ -44,6 +44,8 @@ class Limits:
     queue_size: int = _limit(4, "requests that may wait for the busy worker", low=0)
     max_labels: int = _limit(16, "labels of one classification", low=2)
     max_field_characters: int = _limit(2_000, "each question, title, instruction, target, placeholder, label or candidate")
+    max_players: int = _limit(4_096, "units of one game (the children of one expanded unit, or every unit of the first level): "
+                                     "a game's memory grows with its players times its budget", low=2)
 
     def to_proto(self) -> pb.Limits:
         return pb.Limits(**self.__dict__)
@@ -84,6 +86,10 @@ def check_engine_limits(request: ExplainRequest, limits: Limits, prompt_field: s
         raise invalid(f"{prompt_field}.documents: {len(request.documents)} documents, the limit is {limits.max_documents}")
     if request.budget is not None and request.budget > limits.max_budget:
         raise invalid(f"budget: must be an integer in 1..{limits.max_budget}, got {request.budget}")
+    total = request.allocation.total_budget if request.allocation is not None else None
+    most = limits.max_budget * len(request.levels)
+    if total is not None and total > most:
+        raise invalid(f"total_budget: must be an integer in 1..{most} (max_budget {limits.max_budget} x {len(request.levels)} levels), got {total}")
     if candidates is not None and len(candidates) > limits.max_candidates:
         raise invalid(f"candidates: {len(candidates)} candidates, the limit is {limits.max_candidates}")
 
@@ -95,10 +101,20 @@ def check_field_lengths(fields: Iterable[tuple[str, str]], limits: Limits) -> No
             raise invalid(f"{name}: {len(text)} characters, the limit is {limits.max_field_characters}")
 
 
-def check_cost(prompt_name: str, prompt_characters: int, texts: Iterable[str], placeholder: str, continuations: Iterable[str], limits: Limits) -> None:
-    """The characters one evaluation can read, worst case, within max_characters."""
+def check_cost(
+    prompt_name: str, prompt_characters: int, texts: Iterable[str], placeholder: str, continuations: Iterable[str], limits: Limits,
+    tokens: bool = False,
+) -> None:
+    """The characters one evaluation can read, worst case, within max_characters.
+
+    A placeholder replaces every removed unit: a word, or at the `tokens` level each
+    model token, of which a text has at most one per non-space character.
+    """
     texts = list(texts)
-    removable_units = sum(len(text.split()) + 1 for text in texts)
+    if tokens:
+        removable_units = sum(sum(not c.isspace() for c in text) + 1 for text in texts)
+    else:
+        removable_units = sum(len(text.split()) + 1 for text in texts)
     longest = max((len(c) for c in continuations), default=0)
     worst = prompt_characters + len(placeholder) * removable_units + longest
     if worst > limits.max_characters:
@@ -123,7 +139,7 @@ def check_explain_limits(request: pb.ExplainRequest, limits: Limits) -> None:
     if request.WhichOneof("prompt") == "qa":
         prompt = request.qa
         check_field_lengths(_qa_fields(prompt, "qa") + extra, limits)
-        check_cost("qa", _qa_characters(prompt), [d.text for d in prompt.documents], placeholder, target, limits)
+        check_cost("qa", _qa_characters(prompt), [d.text for d in prompt.documents], placeholder, target, limits, "token" in request.levels)
         return
     prompt = request.classification
     labels = list(prompt.labels)
@@ -135,7 +151,7 @@ def check_explain_limits(request: pb.ExplainRequest, limits: Limits) -> None:
         instruction = fill_template(prompt.instruction or DEFAULT_CLASSIFICATION_INSTRUCTION, {"labels": ", ".join(labels)}, "classification.instruction")
     except ValueError as error:
         raise invalid(str(error)) from None
-    check_cost("classification", len(prompt.text) + len(instruction), [prompt.text], placeholder, labels, limits)
+    check_cost("classification", len(prompt.text) + len(instruction), [prompt.text], placeholder, labels, limits, "token" in request.levels)
 
 
 def check_rerank_limits(request: pb.RerankRequest, limits: Limits) -> None:

@@ -5,6 +5,8 @@ import json
 import logging
 import time
 
+from longshap.hierarchy.results import json_safe
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message and the record's `fields`."""
@@ -19,7 +21,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return json.dumps(json_safe(entry), ensure_ascii=False, default=str, allow_nan=False)
 
 
 def configure(level: int = logging.INFO) -> None:

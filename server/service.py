@@ -25,6 +25,8 @@ from longshap.server.validation import explain_request, rerank_arguments, resolv
 from longshap.server.worker import QueueFull, Worker
 
 log = logging.getLogger("longshap.request")
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""gRPC's trailing metadata for when a refused call may be retried (its retry policy reads it too)."""
 _END = object()
 
 
@@ -170,6 +172,8 @@ class ExplainerService(pb_grpc.ExplainerServicer):
             yield
         except RequestError as error:
             record.outcome = error.code.name
+            if error.retry_after_s is not None:
+                context.set_trailing_metadata(((PUSHBACK_KEY, str(round(error.retry_after_s * 1000))),))
             await context.abort(error.code, error.message)
         finally:
             record.emit()
@@ -208,7 +212,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         try:
             future = self.worker.submit(work)
         except QueueFull as error:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), error.retry_after_s) from None
         try:
             # Inside the try: a client that cancels while the metadata is on its way must still stop the job.
             await context.send_initial_metadata((("x-request-id", record.id),))

@@ -12,12 +12,23 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 
 class QueueFull(Exception):
     """The worker is busy and `queue_size` requests already wait for it."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        """About when a slot frees: a typical job's time over the threads running jobs."""
+
+
+TYPICAL_WEIGHT = 0.2
+"""Weight of the latest job in the running average of job times (what a refused caller is told to wait)."""
+RETRY_AFTER_S = (0.05, 30.0)
 
 
 def _heap_trimmer() -> Callable[[], None]:
@@ -42,6 +53,8 @@ class Worker:
         self._idle = threading.Condition(self._lock)
         self._pending = 0
         self._trim = _heap_trimmer()
+        self.typical_seconds = 1.0
+        """Running average of how long a job takes."""
 
     @property
     def pending(self) -> int:
@@ -52,17 +65,22 @@ class Worker:
         """Queue `job`; cancelling the returned future before it starts frees its slot at once."""
         with self._lock:
             if self._pending >= self.threads + self.queue_size:
-                raise QueueFull(f"the worker is busy and {self.queue_size} request(s) already wait; retry later")
+                low, high = RETRY_AFTER_S
+                retry_after = min(high, max(low, self.typical_seconds / self.threads))
+                raise QueueFull(f"the worker is busy and {self.queue_size} request(s) already wait; retry in about {retry_after:.1f} s", retry_after)
             self._pending += 1
         future = self._executor.submit(self._run, job)
         future.add_done_callback(self._release)
         return future
 
     def _run(self, job: Callable[[], None]) -> None:
+        started = time.monotonic()
         try:
             job()
         finally:
             self._trim()
+            with self._lock:
+                self.typical_seconds += TYPICAL_WEIGHT * (time.monotonic() - started - self.typical_seconds)
 
     def _release(self, _: Future) -> None:
         with self._lock:

@@ -211,6 +211,10 @@ class PairedDesign(Sampler):
     for progress reports and to stop at `target_stderr`.
     """
 
+    def minimum_budget(self, n_players: int) -> int:
+        """Games with outer contexts go to kernel: its minimum, which is at least this design's first pair."""
+        return Kernel().minimum_budget(n_players)
+
     def attribute(
         self,
         game: MemoisedGame,

@@ -55,6 +55,9 @@ class Estimator(Protocol):
     def default_budget(self, n_players: int) -> int:
         """The budget used when the caller gives none: each estimator knows what it needs."""
 
+    def minimum_budget(self, n_players: int) -> int:
+        """The fewest evaluations from which it never spends more than its budget."""
+
     def attribute(
         self,
         game: MemoisedGame,
@@ -85,6 +88,43 @@ class Sampler:
 
     def default_budget(self, n_players: int) -> int:
         return sampling_budget(n_players)
+
+    def minimum_budget(self, n_players: int) -> int:
+        return 1
+
+
+class WithinBudget:
+    """An estimator that never spends more than its budget, whatever the budget.
+
+    Below the wrapped estimator's minimum the budget goes to permutation sampling,
+    which spends any budget without exceeding it (players it cannot reach stay
+    unknown: stderr inf), and the result's `method` says so; a budget of 0 evaluates
+    nothing and knows nothing.
+    """
+
+    def __init__(self, estimator: Estimator) -> None:
+        self.estimator = estimator
+        self.name = estimator.name
+
+    def default_budget(self, n_players: int) -> int:
+        return self.estimator.default_budget(n_players)
+
+    def minimum_budget(self, n_players: int) -> int:
+        return 0
+
+    def attribute(
+        self,
+        game: MemoisedGame,
+        budget: int,
+        rng: np.random.Generator,
+        target_stderr: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Estimate:
+        n = game.n_players
+        if budget < 1:
+            return Estimate(np.zeros((n, 1)), np.full((n, 1), np.inf), 0, self.name, extras={"unmeasured": True})
+        estimator = self.estimator if budget >= self.estimator.minimum_budget(n) else get_estimator("permutation")
+        return estimator.attribute(game, budget, rng, target_stderr, progress)
 
 
 def default_budget(method: str, n_players: int) -> int:
@@ -122,6 +162,6 @@ def estimate(
         raise ValueError(f"game has {game.n_players} players but n={n}")
     memo = game if isinstance(game, MemoisedGame) else MemoisedGame(game)
     budget = int(budget) if budget is not None else default_budget(method, int(n))
-    result = estimator.attribute(memo, budget, np.random.default_rng(seed), target_stderr, progress)
+    result = WithinBudget(estimator).attribute(memo, budget, np.random.default_rng(seed), target_stderr, progress)
     result.evaluations = memo.evaluations
     return result.squeezed()

@@ -16,9 +16,8 @@ MAX_PLAYERS = 16
 class Exact:
     """All 2**n coalitions per context in one batch, combined with the Shapley weights.
 
-    Budget: the 2**n coalitions are always evaluated, whatever the budget; the budget
-    only decides how many outer contexts a stochastic game gets (`budget // 2**n`, at
-    least one). Contexts are enumerated with their probabilities when the support is
+    Budget: at least 2**n (`minimum_budget`; below it, callers get permutation sampling);
+    the budget decides how many outer contexts a stochastic game gets (`budget // 2**n`). Contexts are enumerated with their probabilities when the support is
     that small (stderr 0), otherwise sampled (stderr across the sampled contexts; inf
     for a single draw, which says nothing about the spread).
     """
@@ -26,6 +25,9 @@ class Exact:
     name: ClassVar[str]  # set by @register
 
     def default_budget(self, n_players: int) -> int:
+        return 2**n_players
+
+    def minimum_budget(self, n_players: int) -> int:
         return 2**n_players
 
     def attribute(

@@ -93,6 +93,10 @@ class Kernel(Sampler):
     games with few coalitions).
     """
 
+    def minimum_budget(self, n_players: int) -> int:
+        """One group, or every coalition of a game with fewer."""
+        return min(GROUP_COST, 2**n_players)
+
     def attribute(
         self,
         game: MemoisedGame,

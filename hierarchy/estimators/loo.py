@@ -25,6 +25,9 @@ class LeaveOneOut:
     def default_budget(self, n_players: int) -> int:
         return n_players + 1
 
+    def minimum_budget(self, n_players: int) -> int:
+        return n_players + 1
+
     def attribute(
         self,
         game: MemoisedGame,

@@ -93,9 +93,10 @@ class Permutation(Sampler):
     dependent, and agree exactly on near-additive games), so its standard error is inf.
 
     Budget: a pair costs at most 2n new evaluations (the chains share the empty and
-    full coalitions); pairs continue while another one fits, always at least one pair
-    (so a budget below 2n is exceeded by that one batch) and at most four times the
+    full coalitions); pairs continue while another one fits, and at most four times the
     pairs the budget buys without memoisation (binds only on games with few coalitions).
+    The budget is never exceeded: below 2n not one pair fits, and the budget goes to one
+    partial pair alone (below), whose uncovered players stay unknown (value 0, stderr inf).
     What is left, r < 2n evaluations, goes to a *partial pair*: both chains of one more
     antithetic pair, but only over a window of m = r // 2 - 1 consecutive positions
     starting at a uniformly random position and wrapping around (2 (m + 1) coalitions at
@@ -123,6 +124,8 @@ class Permutation(Sampler):
         moments = RunningMoments(n)
         cap = max_groups(budget, 2 * n)
         spent = 0
+        if 2 * n > budget:
+            return self._window_only(game, rng, moments, budget, start, progress)
         while True:
             # As many pairs per call as the budget surely affords: a model engine is
             # fastest on big batches, and the statistics do not depend on the grouping.
@@ -150,8 +153,27 @@ class Permutation(Sampler):
                 break
         return Estimate(values, stderr, spent, self.name, samples=moments.samples, extras={"permutations": 2 * moments.samples})
 
+    def _window_only(
+        self, game: MemoisedGame, rng: np.random.Generator, moments: RunningMoments, budget: int, start: int, progress: ProgressCallback | None
+    ) -> Estimate:
+        """A budget below one pair: one partial pair over what it affords; each covered player's sample is unbiased.
+
+        Nothing is taken back (there is no whole-pair estimate to keep the sum of), and a
+        single sample has no spread, so every standard error is inf: the values are a
+        start, not a measurement."""
+        n = game.n_players
+        window = min(budget // 2 - 1, n - 1)
+        values, stderr = np.zeros((n, 1)), np.full((n, 1), np.inf)
+        if window >= 1:
+            values, stderr = self._partial_pair(game, rng, moments, window, rebalance=False)
+        spent = game.evaluations - start
+        report(progress, spent, budget, values, stderr)
+        return Estimate(values, stderr, spent, self.name, samples=0, extras={"permutations": 0, "partial_window": max(window, 0)})
+
     @staticmethod
-    def _partial_pair(game: MemoisedGame, rng: np.random.Generator, moments: RunningMoments, window: int) -> tuple[np.ndarray, np.ndarray]:
+    def _partial_pair(
+        game: MemoisedGame, rng: np.random.Generator, moments: RunningMoments, window: int, rebalance: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One more pair over `window` consecutive positions (wrapping) from a uniform start; see the class doc."""
         n = game.n_players
         context = game.sample_context(rng)
@@ -164,6 +186,8 @@ class Permutation(Sampler):
         sample = np.zeros((n, values.shape[1]))
         sample[covered] = _pair_sample(values, positions[covered], steps)
         moments.add(sample, covered)
+        if not rebalance:
+            return moments.mean.copy(), _stderr(moments)
         before = pad_to(before, moments.mean.shape[1])
         shift = (moments.mean - before).sum(axis=0) / n
         return moments.mean - shift, _stderr(moments)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import socket
 import subprocess
 import sys
@@ -260,7 +259,7 @@ def test_gradient_method_over_the_wire_and_the_png_figure(tiny_server, doc_files
     got = _run_json(capsys, argv)
     assert got["extras"]["gradients"]["method"] == "integrated_gradients"
     assert got["extras"]["gradients"]["completeness"]["steps"] == 16
-    assert all(math.isnan(f["stderr"]) for level in got["levels"] for f in level["features"])
+    assert all(f["stderr"] is None for level in got["levels"] for f in level["features"])  # not applicable: null in strict JSON
     image = image_module.open(png).convert("RGB")
     assert image.size[0] >= 1000 and image.size[1] >= 400
     colours = image.getcolors(1 << 24)
@@ -319,3 +318,13 @@ def test_a_closed_stdout_pipe_ends_quietly(tiny_server):
     process.stdout.close()
     _, err = process.communicate(timeout=60)
     assert process.returncode == 141 and err == b"", err.decode()
+
+
+@pytest.mark.parametrize("where", ["/dev/null/x.png", "/proc/version", "fig.txt", "DIR", ""])
+def test_an_unusable_png_path_is_refused_before_any_work(doc_files, tmp_path, capsys, where):
+    """These used to fail with a traceback after the explanation ran, or wrote DIR.png / ./.png."""
+    target = str(tmp_path) if where == "DIR" else where
+    argv = ["explain", "--server", "127.0.0.1:1", "--question", QUESTION, "--doc", doc_files[0], "--png", target]
+    assert main(argv) == 2  # no server at 127.0.0.1:1: refused before connecting
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--png" in err
