@@ -44,7 +44,7 @@ class Limits:
     queue_size: int = _limit(4, "requests that may wait for the busy worker", low=0)
     max_labels: int = _limit(16, "labels of one classification", low=2)
     max_field_characters: int = _limit(2_000, "each question, title, instruction, target, placeholder, label or candidate")
-    max_players: int = _limit(4_096, "units of one game (the children of one expanded unit, or every unit of the first level): "
+    max_players: int = _limit(2_048, "units of one game (the children of one expanded unit, or every unit of the first level): "
                                      "a game's memory grows with its players times its budget", low=2)
 
     def to_proto(self) -> pb.Limits:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from longshap.hierarchy.attention import NAME as ATTENTION_NAME
+from longshap.hierarchy.attention import NAME as ATTENTION_NAME, set_checkpoint
 from longshap.hierarchy.engines import hf_decoding, hf_gradients, hf_scoring
 from longshap.hierarchy.engines.base import (
     ANSWER_TREE, DRAFT, GRADIENTS, PREFIX_REUSE, RunContext, ScoreRow, TokenRow, check_continuations, wait_for,
@@ -232,10 +232,13 @@ class TransformersEngine:
 
 
 def _interrupt(*_) -> None:
-    """Before every decoder layer: stop the running call once its request should stop."""
+    """Before every decoder layer and every block of blocked attention: stop the running call once its request should stop."""
     context = _ACTIVE.get()
     if context is not None and context.stopped():
         raise Cancelled("explanation cancelled")
+
+
+set_checkpoint(_interrupt)
 
 
 def _weightless(module: torch.nn.Module, args: object = None) -> NoReturn:

@@ -80,3 +80,32 @@ def test_engine_values_and_greedy_answers_equal_plain_sdpa(models, key_lengths):
     assert blocked.engine.tree_capable and blocked.greedy(PROMPTS, 5, tree=tree) == answers
     assert blocked.stats.tree_checks == len(PROMPTS)
     assert any(queries <= 4 for queries, _ in key_lengths)
+
+
+def test_a_long_unmasked_causal_pass_runs_in_blocks_with_the_same_outputs(models):
+    """One row with no mask used to be one SDPA call: uninterruptible however long the prompt."""
+    plain, blocked = models
+    ids = torch.randint(3, 60, (1, attention.CAUSAL_BLOCKS_FROM + 77))
+    with torch.no_grad():
+        expected = plain.model(input_ids=ids).logits
+        got = blocked.model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_the_checkpoint_runs_before_every_block_and_can_stop_the_pass(models, monkeypatch):
+    _, blocked = models
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def checkpoint():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Stop
+
+    monkeypatch.setattr(attention, "_checkpoint", checkpoint)
+    ids = torch.randint(3, 60, (1, attention.CAUSAL_BLOCKS_FROM + 77))
+    with pytest.raises(Stop), torch.no_grad():
+        blocked.model(input_ids=ids)
+    assert len(calls) == 3  # stopped inside the first layer's attention, three blocks in
