@@ -34,7 +34,13 @@ BLOCK_SCORES = 2**24
 """Attention scores one block of a long causal pass may hold (queries x keys x heads): with a mask SDPA
 materialises them, so blocks over very many keys hold fewer queries."""
 
-_checkpoint: Callable[[], None] = lambda: None
+
+
+def _no_checkpoint() -> None:
+    """Until an engine sets its own, blocks run without a check."""
+
+
+_checkpoint: Callable[[], None] = _no_checkpoint
 
 
 def set_checkpoint(checkpoint: Callable[[], None]) -> None:

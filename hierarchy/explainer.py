@@ -18,11 +18,11 @@ from longshap.hierarchy.allocation import INDIFFERENCE, Allocation, Pooled, expa
 from longshap.hierarchy.engines.base import GRADIENTS, CacheScope, Engine, RunContext
 from longshap.hierarchy.engines.session import ModelSession
 from longshap.hierarchy.estimators import Progress, get_estimator
-from longshap.hierarchy.estimators.base import Estimator, WithinBudget
+from longshap.hierarchy.estimators.base import WithinBudget
+from longshap.hierarchy.expansion import choose_expansions, importance, split_budget
 from longshap.hierarchy.request import ExplainRequest, RequestError
 from longshap.hierarchy.games import MemoisedGame, pad_columns
 from longshap.hierarchy.gradients import UNSIGNED_METHODS, TokenAttributions, is_gradient_method
-from longshap.hierarchy.prompt import ClassificationPrompt, QAPrompt
 from longshap.hierarchy.results import (
     AnswerEvent,
     DoneEvent,
@@ -35,8 +35,8 @@ from longshap.hierarchy.results import (
 )
 from longshap.hierarchy.segmentation import ROOT, FeatureTree
 from longshap.hierarchy.subgames import RequestGame, UnitGame
-from longshap.hierarchy.values import Target, ValueFunction, build_value_function
-from longshap.hierarchy.values.label import label_token_ids, normalised_label_logprobs
+from longshap.hierarchy.targets import explained_target, request_prompt
+from longshap.hierarchy.values import ValueFunction, build_value_function
 
 if TYPE_CHECKING:  # models and engines import torch: only once a model is needed
     from longshap.hierarchy.models import LoadedModel
@@ -160,12 +160,12 @@ class Explainer:
 
     def _stream(self, request: ExplainRequest, on_progress, session: ModelSession) -> Iterator:
         started = time.perf_counter()
-        prompt = _prompt(request)
+        prompt = request_prompt(request)
         stop = session.context.stopped
         tree = FeatureTree(prompt.documents, session.token_offsets)
         self._check_players(ROOT, request.levels[0], tree.expand(ROOT, request.levels[0]))
         session.context.check()
-        target_spec, answer_event = self._target(session, prompt, request, tree)
+        target_spec, answer_event = explained_target(session, prompt, request, tree)
         session.context.check()
         yield answer_event
         value_fn = build_value_function(request.value, session, replace(target_spec, speculative=request.speculative))
@@ -201,10 +201,10 @@ class Explainer:
             question=question, documents=documents, text=text, labels=labels, target=target, placeholder=placeholder,
             instruction=instruction, max_new_tokens=max_new_tokens, levels=[level],
         )
-        prompt = _prompt(request)
+        prompt = request_prompt(request)
         session = self.session()
         tree = FeatureTree(prompt.documents, session.token_offsets)
-        target_spec, _ = self._target(session, prompt, request, tree)
+        target_spec, _ = explained_target(session, prompt, request, tree)
         value_fn = build_value_function("label" if request.classification else "probability", session, target_spec)
         game = RequestGame(lambda absent: prompt.render(tree, absent), value_fn)
         units = tree.expand(ROOT, level)
@@ -215,14 +215,6 @@ class Explainer:
             return np.exp(values) if request.classification else values
 
         return units, probability
-
-    @staticmethod
-    def _target(session: ModelSession, prompt, request: ExplainRequest, tree: FeatureTree) -> tuple[Target, AnswerEvent]:
-        """What the value function explains, and the event announcing it."""
-        full_prompt = prompt.render(tree)
-        if request.classification:
-            return _classification_target(session, prompt, full_prompt, request.target, request.max_new_tokens)
-        return _qa_target(session, full_prompt, request.target, request.max_new_tokens)
 
     @staticmethod
     def _gradients(session: ModelSession, prompt, tree: FeatureTree, value_fn, request: ExplainRequest) -> TokenAttributions:
@@ -260,7 +252,7 @@ class Explainer:
                     level_budget = run.allocation.level_budget(options.budget, spent, len(options.levels) - depth)
                     if level_budget is not None and level_budget < 1:
                         break  # the total budget is spent: the explanation ends at the previous level
-                budgets = self._split_budget(level_budget, estimator, [len(children) for _, children in groups], self.max_level_budget)
+                budgets = split_budget(level_budget, estimator, [len(children) for _, children in groups], self.max_level_budget)
                 planned = sum(budgets)
             placeholder_features = [self._feature(tree, unit, 0.0, 0.0, None, []) for unit in order]
             yield LevelStartEvent(level, placeholder_features, planned)
@@ -299,7 +291,7 @@ class Explainer:
                 unsettled = [unit for unit, flag in zip(order, self._unsettled_units(run, level, last, values, stderr)) if flag]
             # Unsigned saliency is not in the value's units: its threshold is a share of the level's total saliency.
             reference = (values.sum(axis=0), np.zeros(values.shape[1])) if options.method in UNSIGNED_METHODS else (run.full_value, run.empty_value)
-            expanded = set() if last else self._choose_expansions(
+            expanded = set() if last else choose_expansions(
                 order, values, stderr, reference, value_fn, options.thresholds[level], options.max_expanded[level]
             )
             features = [
@@ -333,10 +325,10 @@ class Explainer:
         """
         allocation = run.allocation
         assert allocation is not None
-        importance = self._importance(values, stderr, (run.full_value, run.empty_value), run.value_fn)
-        if importance is None:  # no total effect: nothing is expanded and every value is noise around zero
+        measured = importance(values, stderr, (run.full_value, run.empty_value), run.value_fn)
+        if measured is None:  # no total effect: nothing is expanded and every value is noise around zero
             return np.zeros(len(values), dtype=bool)
-        scores, score_stderr, scale = importance
+        scores, score_stderr, scale = measured
         final = None if shrink is None else score_stderr * shrink
         threshold = None if last else run.request.thresholds[level] * scale
         unsettled = unsettled_units(
@@ -376,26 +368,6 @@ class Explainer:
                 "(max_players); explain a coarser level first"
             )
 
-    @staticmethod
-    def _split_budget(budget: int | None, estimator: Estimator, sizes: Sequence[int], cap: int | None = None) -> list[int]:
-        """Share a per-level budget among the level's games in proportion to their size; by default each game gets the estimator's own.
-
-        The shares add up to the budget exactly (largest remainders), so a level never
-        plans more than it was given; a game whose share is 0 is not sampled (its units
-        stay unknown). Defaults adding up to more than `cap` give way to `cap`.
-        """
-        if budget is None:
-            defaults = [estimator.default_budget(n) for n in sizes]
-            if cap is None or sum(defaults) <= cap:
-                return defaults
-            budget = cap
-        weights = np.array([n + 1 for n in sizes], dtype=float)
-        exact = budget * weights / weights.sum()
-        shares = np.floor(exact).astype(int)
-        for index in np.argsort(-(exact - shares), kind="stable")[: budget - int(shares.sum())]:
-            shares[index] += 1
-        return [int(share) for share in shares]
-
     def _progress_callback(self, on_progress, level, children, planned, request, evaluations_before):
         if on_progress is None:
             return None
@@ -416,36 +388,6 @@ class Explainer:
             )
 
         return send
-
-    @staticmethod
-    def _importance(values, stderr, reference, value_fn) -> tuple[np.ndarray, np.ndarray, float] | None:
-        """Per unit, its value in the direction of the total effect and that value's stderr, on the visible
-        output where value - stderr is largest; with the effect's scale. None when there is no effect.
-
-        A NaN stderr (gradient methods: nothing sampled) counts as none; inf still blocks expansion."""
-        columns = [c for c in value_fn.visible_columns() if c < values.shape[1]]
-        full, empty = (np.pad(r, (0, max(0, values.shape[1] - len(r))))[columns] for r in reference)
-        effect = full - empty
-        scale = float(np.max(np.abs(effect))) if len(effect) else 0.0
-        if scale == 0.0:
-            return None
-        sign = np.where(effect >= 0, 1.0, -1.0)
-        signed, signed_stderr = sign * values[:, columns], np.nan_to_num(stderr[:, columns], nan=0.0, posinf=np.inf)
-        best = np.argmax(signed - signed_stderr, axis=1)
-        rows = np.arange(len(values))
-        return signed[rows, best], signed_stderr[rows, best], scale
-
-    def _choose_expansions(self, order, values, stderr, reference, value_fn, threshold, cap) -> set[str]:
-        """TextGenSHAP's rule on every visible output: expand when sign*value - stderr >= threshold * |effect|."""
-        importance = self._importance(values, stderr, reference, value_fn)
-        if importance is None:
-            return set()
-        scores, score_stderr, scale = importance
-        margin = scores - score_stderr
-        passing = [i for i in np.argsort(-margin, kind="stable") if margin[i] >= threshold * scale]
-        if cap is not None:
-            passing = passing[:cap]
-        return {order[i] for i in passing}
 
     def _feature(self, tree, unit_id, value_row, stderr_row, value_fn, expanded) -> Feature:
         unit = tree.units[unit_id]
@@ -483,39 +425,6 @@ class Explainer:
             label_probabilities=run.answer_event.label_probabilities, answers=answers,
             answer_tokens=getattr(value_fn, "token_columns", None), extras=extras,
         )
-
-
-def _qa_target(session: ModelSession, full_prompt: str, target: str | None, max_new_tokens: int) -> tuple[Target, AnswerEvent]:
-    if target is not None:
-        return Target(full_prompt, answer=target, max_new_tokens=max_new_tokens), AnswerEvent(target, "given")
-    answer = session.decode(session.greedy([full_prompt], max_new_tokens)[0])
-    if not answer:
-        raise RequestError("target", "the model's greedy answer to the full prompt is empty; give a target to explain a given answer")
-    return Target(full_prompt, answer=answer, max_new_tokens=max_new_tokens), AnswerEvent(answer, "generated")
-
-
-def _classification_target(
-    session: ModelSession, prompt: ClassificationPrompt, full_prompt: str, target: str | None, max_new_tokens: int
-) -> tuple[Target, AnswerEvent]:
-    ids = label_token_ids(session, full_prompt, prompt.labels)
-    probabilities = np.exp(normalised_label_logprobs(session, [full_prompt], ids)[0])
-    by_label = {label: float(p) for label, p in zip(prompt.labels, probabilities)}
-    if target is None:
-        index, source = int(np.argmax(probabilities)), "predicted"
-    else:
-        index, source = prompt.labels.index(target), "given"
-    label = prompt.labels[index]
-    return (
-        Target(full_prompt, labels=prompt.labels, label_index=index, max_new_tokens=max_new_tokens),
-        AnswerEvent(label, source, by_label),
-    )
-
-
-def _prompt(request: ExplainRequest) -> QAPrompt | ClassificationPrompt:
-    extra = {"instruction": request.instruction} if request.instruction else {}
-    if request.classification:
-        return ClassificationPrompt(request.text or "", list(request.labels), placeholder=request.placeholder, **extra)
-    return QAPrompt(request.question or "", list(request.documents), placeholder=request.placeholder, **extra)
 
 
 def _as_row(value) -> np.ndarray:

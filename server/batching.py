@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from longshap.hierarchy.explainer import Explainer
-from longshap.hierarchy.engines.base import CacheScope, Engine, RunContext, ScoreRow, TokenRow
+from longshap.hierarchy.engines.base import CacheScope, Engine, RunContext
 from longshap.hierarchy.engines.gradient_spec import GradientResult, GradientSpec
 from longshap.hierarchy.engines.planning import split_counts
-from longshap.hierarchy.engines.work import GreedyWork, ScoreWork, TokenWork, Work
+from longshap.hierarchy.engines.work import Work, WorkEngine
 from longshap.hierarchy.errors import Cancelled
-from longshap.hierarchy.speculative import AnswerTree
 
 POLL_S = 0.05
 """How often a caller waiting for its merged call checks its own stop flag."""
@@ -47,7 +45,7 @@ class _Job:
         self.done.set()
 
 
-class BatchingEngine:
+class BatchingEngine(WorkEngine):
     """Merges the calls of concurrent requests into shared calls of `inner`.
 
     One dispatcher thread takes every call queued while the inner engine was busy.
@@ -57,10 +55,8 @@ class BatchingEngine:
     """
 
     def __init__(self, inner: Engine, window_s: float = 0.01, max_rows: int = 512) -> None:
+        super().__init__(inner)
         self.inner = inner
-        self.capabilities = inner.capabilities
-        self.architecture = inner.architecture
-        self.max_batch_tokens = inner.max_batch_tokens
         self.window_s = window_s
         self.max_rows = max_rows
         self.scope = CacheScope()
@@ -74,28 +70,7 @@ class BatchingEngine:
         self._thread = threading.Thread(target=self._dispatch, name="longshap-batcher", daemon=True)
         self._thread.start()
 
-    # ---- the engine protocol ---------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        return self.inner.encode(text)
-
-    def encode_offsets(self, text: str, special_tokens: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
-        return self.inner.encode_offsets(text, special_tokens)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.inner.decode(ids)
-
-    def token_texts(self, ids: Sequence[int]) -> list[str]:
-        return self.inner.token_texts(ids)
-
-    def score(self, rows: Sequence[ScoreRow], context: RunContext) -> list[np.ndarray]:
-        return self._run(ScoreWork(tuple(rows)), context)
-
-    def score_tokens(self, rows: Sequence[TokenRow], context: RunContext) -> list[np.ndarray]:
-        return self._run(TokenWork(tuple(rows)), context)
-
-    def greedy(self, rows: Sequence[Sequence[int]], max_new_tokens: int, context: RunContext, tree: AnswerTree | None = None) -> list[list[int]]:
-        return self._run(GreedyWork(tuple(rows), max_new_tokens, tree), context)
-
+    # ---- the engine protocol (text and calls through WorkEngine) -------------------------
     def attribute_tokens(self, spec: GradientSpec, context: RunContext) -> GradientResult:
         """Not merged (one prompt, many interpolation points): the inner engine runs it between merged calls."""
         return self.inner.attribute_tokens(spec, context)
@@ -108,7 +83,7 @@ class BatchingEngine:
         self._thread.join(timeout=5)
 
     # ---- merging ------------------------------------------------------------------------
-    def _run(self, work: Work, context: RunContext) -> list:
+    def run_work(self, work: Work, context: RunContext) -> list:
         context.check()
         job = _Job(work, context)
         with self._changed:

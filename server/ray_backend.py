@@ -21,9 +21,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 
-import numpy as np
 
 try:
     import ray
@@ -31,11 +29,10 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the install
     raise ImportError("Ray replicas need Ray: pip install 'longshap[ray]'") from error
 
-from longshap.hierarchy.engines.base import GRADIENTS, CacheScope, Engine, RunContext, ScoreRow, TokenRow
+from longshap.hierarchy.engines.base import GRADIENTS, CacheScope, Engine, RunContext
 from longshap.hierarchy.engines.gradient_spec import GradientResult, GradientSpec
-from longshap.hierarchy.engines.work import GreedyWork, ScoreWork, TokenWork, Work
+from longshap.hierarchy.engines.work import Work, WorkEngine
 from longshap.hierarchy.errors import Cancelled
-from longshap.hierarchy.speculative import AnswerTree
 
 log = logging.getLogger("longshap.server")
 POLL_S = 0.05
@@ -134,7 +131,7 @@ class Replica:
         return len(self._stopped)
 
 
-class RayEngine:
+class RayEngine(WorkEngine):
     """`replicas` Ray actors serving one model, behind the engine protocol.
 
     Needs a connected Ray (see `connect`). `front` tokenises in this process (load it
@@ -149,10 +146,8 @@ class RayEngine:
     ) -> None:
         if replicas < 1 or chunk_rows < 1 or threads < 1:
             raise ValueError("replicas, chunk_rows and threads must be at least 1")
-        self.front = front
+        super().__init__(front)
         self.capabilities = front.capabilities | {GRADIENTS}
-        self.architecture = front.architecture
-        self.max_batch_tokens = front.max_batch_tokens
         self.chunk_rows = chunk_rows
         self._actor = ray.remote(Replica).options(num_cpus=threads, max_concurrency=2, max_restarts=0)
         self._arguments = (model_path, dict(engine_options or {}), threads, dict(load_options or {}))
@@ -166,28 +161,7 @@ class RayEngine:
         # ray's ActorHandle stub types actor methods as plain methods, without `.remote`.
         ray.get([replica.ready.remote() for replica in self.replicas], timeout=ready_timeout_s)  # type: ignore[attr-defined]
 
-    # ---- the engine protocol ---------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        return self.front.encode(text)
-
-    def encode_offsets(self, text: str, special_tokens: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
-        return self.front.encode_offsets(text, special_tokens)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.front.decode(ids)
-
-    def token_texts(self, ids: Sequence[int]) -> list[str]:
-        return self.front.token_texts(ids)
-
-    def score(self, rows: Sequence[ScoreRow], context: RunContext) -> list[np.ndarray]:
-        return self._run(ScoreWork(tuple(rows)), context)
-
-    def score_tokens(self, rows: Sequence[TokenRow], context: RunContext) -> list[np.ndarray]:
-        return self._run(TokenWork(tuple(rows)), context)
-
-    def greedy(self, rows: Sequence[Sequence[int]], max_new_tokens: int, context: RunContext, tree: AnswerTree | None = None) -> list[list[int]]:
-        return self._run(GreedyWork(tuple(rows), max_new_tokens, tree), context)
-
+    # ---- the engine protocol (text and calls through WorkEngine) -------------------------
     def attribute_tokens(self, spec: GradientSpec, context: RunContext) -> GradientResult:
         """The whole attribution on the least busy replica, which differentiates its own copy of the model."""
         results = self._gather(context, [("attribute", spec)])
@@ -204,7 +178,7 @@ class RayEngine:
         size = max(1, min(self.chunk_rows, -(-len(order) // len(self.replicas))))
         return [order[start : start + size] for start in range(0, len(order), size)]
 
-    def _run(self, work: Work, context: RunContext) -> list:
+    def run_work(self, work: Work, context: RunContext) -> list:
         chunks = self._chunks(work)
         results: list = [None] * len(work.rows)
         for chunk, chunk_results in zip(chunks, self._gather(context, [("run", work.subset(chunk)) for chunk in chunks])):

@@ -10,7 +10,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from longshap.hierarchy.engines.base import Engine, RunContext
+    import numpy as np
+
+    from longshap.hierarchy.engines.base import Engine, RunContext, ScoreRow, TokenRow
     from longshap.hierarchy.speculative import AnswerTree
 
 
@@ -83,3 +85,41 @@ class GreedyWork(Work):
 
     def row_key(self, index: int) -> list[int]:
         return list(self.rows[index])
+
+
+class WorkEngine:
+    """Base of the engines that run model calls elsewhere (merged with others', on replicas).
+
+    Text goes through `front`, an engine of the same model; every model call becomes a
+    `Work` value for `run_work`, which subclasses implement.
+    """
+
+    def __init__(self, front: Engine) -> None:
+        self.front = front
+        self.capabilities = front.capabilities
+        self.architecture = front.architecture
+        self.max_batch_tokens = front.max_batch_tokens
+
+    def encode(self, text: str) -> list[int]:
+        return self.front.encode(text)
+
+    def encode_offsets(self, text: str, special_tokens: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+        return self.front.encode_offsets(text, special_tokens)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.front.decode(ids)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return self.front.token_texts(ids)
+
+    def score(self, rows: Sequence[ScoreRow], context: RunContext) -> list[np.ndarray]:
+        return self.run_work(ScoreWork(tuple(rows)), context)
+
+    def score_tokens(self, rows: Sequence[TokenRow], context: RunContext) -> list[np.ndarray]:
+        return self.run_work(TokenWork(tuple(rows)), context)
+
+    def greedy(self, rows: Sequence[Sequence[int]], max_new_tokens: int, context: RunContext, tree: AnswerTree | None = None) -> list[list[int]]:
+        return self.run_work(GreedyWork(tuple(rows), max_new_tokens, tree), context)
+
+    def run_work(self, work: Work, context: RunContext) -> list:
+        raise NotImplementedError

@@ -1,6 +1,7 @@
 """What the limits bound: the placeholder's cost at the token level, the total budget, and a full queue's pushback."""
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import grpc
@@ -39,40 +40,37 @@ def test_a_total_budget_beyond_what_the_levels_may_spend_is_refused():
     explain_request(message, limits)
 
 
-def test_a_full_queue_tells_when_to_retry_and_the_library_retries_until_served(tiny_server, stub):
-    """One request runs, one waits (queue_size=1): a third is refused with gRPC's retry pushback."""
+@contextlib.contextmanager
+def _full_queue(server, stub):
+    """One request running and one waiting (queue_size=1): the next is refused until they end."""
     running = stub.Explain(slow_request())
     next(running)
     waiting = stub.Explain(slow_request())
     waiting.initial_metadata()
     try:
-        wait_until(lambda: tiny_server.running.service.worker.pending == 2, 10)
+        wait_until(lambda: server.running.service.worker.pending == 2, 10)
+        yield lambda: (running.cancel(), waiting.cancel())
+    finally:
+        running.cancel()
+        waiting.cancel()
+
+
+def test_a_full_queue_tells_when_to_retry_and_the_library_retries_until_served(tiny_server, stub):
+    with _full_queue(tiny_server, stub) as release:
         with pytest.raises(grpc.RpcError) as refused:
             list(stub.Explain(quick_request(), timeout=30))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         pushback = dict(refused.value.trailing_metadata())[PUSHBACK_KEY]
         assert int(pushback) >= 50 and "retry in about" in refused.value.details()
         # The library waits and tries again; once the slots free up it is served.
-        release = threading.Timer(1.0, lambda: (running.cancel(), waiting.cancel()))
-        release.start()
+        threading.Timer(1.0, release).start()
         with LongShapClient(tiny_server.address, timeout=60, retry=RetryPolicy(attempts=50, initial_s=0.05, max_s=0.5)) as client:
             events = list(client.explain_events(quick_request()))
         assert events[-1].HasField("done")
-    finally:
-        running.cancel()
-        waiting.cancel()
 
 
 def test_without_retries_the_library_reports_the_refusal(tiny_server, stub):
-    running = stub.Explain(slow_request())
-    next(running)
-    waiting = stub.Explain(slow_request())
-    waiting.initial_metadata()
-    try:
-        wait_until(lambda: tiny_server.running.service.worker.pending == 2, 10)
+    with _full_queue(tiny_server, stub):
         with LongShapClient(tiny_server.address, timeout=30, retry=RetryPolicy(attempts=1)) as client:
             with pytest.raises(Exception, match="RESOURCE_EXHAUSTED"):
                 list(client.explain_events(quick_request()))
-    finally:
-        running.cancel()
-        waiting.cancel()
