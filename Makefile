@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast test-floor lint install proto bench clean
+.PHONY: demo test test-fast test-floor lint install proto bench docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,16 @@ test-floor:
 	$(FLOOR_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_VENV)/constraints.txt "$(TRANSFORMERS_FLOOR)" ".[test]"
 	$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow" tests/hierarchy
+
+# The documentation site into build/site, warnings as errors (mkdocs.yml; the hook in docs/_hooks
+# generates the options table and links the sources for mkdocstrings).
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --config-file mkdocs.yml --site-dir build/site
 
 bench: install
 	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[bench]"
