@@ -5,7 +5,7 @@ Run from the repository root: `python -m bench.attention [--quick] [--json PATH]
 - Rows: NQ row 5's question with its gold passage among 9 distractors (as in
   `bench.long_context`), the full prompt and the prompts without document i, for
   i = 0..14 (quick: 0..7) cycling over the 10 documents, scored for the full
-  prompt's greedy answer by a session's `continuation_logprobs`: padded batches under the
+  prompt's greedy answer by a view's `continuation_logprobs`: padded batches under the
   engine's token budget, each sharing its common prefix, as an explanation's
   document level scores them. Everything after the first dropped document is
   forwarded, so these are long sliding-window passes.
@@ -38,7 +38,7 @@ def coalition_prompts(explainer: Explainer, rows: int) -> tuple[list[str], str]:
     Computed once, on the first (float32, plain SDPA) model, so every kernel and dtype scores the same continuation."""
     prompt = nq_prompt(load_nq(), NQ_ROW, 9, seed=0)
     qa = QAPrompt(prompt.question, [Document(d["text"], d["title"]) for d in prompt.documents])
-    tree = FeatureTree(qa.documents, explainer.session().token_offsets)
+    tree = FeatureTree(qa.documents, explainer.model_view().token_offsets)
     documents = tree.expand(ROOT, "document")
     prompts = [qa.render(tree)] + [qa.render(tree, {documents[i % len(documents)]}) for i in range(rows - 1)]
     return prompts, greedy_answer(explainer, prompt)
@@ -46,14 +46,14 @@ def coalition_prompts(explainer: Explainer, rows: int) -> tuple[list[str], str]:
 
 def timed(explainer: Explainer, prompts: list[str], continuation: list[int]) -> tuple[float, np.ndarray, int]:
     """Best wall seconds of TIMED_RUNS scorings of every prompt, their log-probabilities, and the tokens forwarded per run."""
-    explainer.session().continuation_logprobs(prompts[:2], [continuation])
+    explainer.model_view().continuation_logprobs(prompts[:2], [continuation])
     best, values = float("inf"), np.empty(0)
     for _ in range(TIMED_RUNS):
-        session = explainer.session()  # each run computes its own prefixes: runs are alike, the first is not favoured
+        view = explainer.model_view()  # each run computes its own prefixes: runs are alike, the first is not favoured
         started = time.perf_counter()
-        values = session.continuation_logprobs(prompts, [continuation])
+        values = view.continuation_logprobs(prompts, [continuation])
         best = min(best, time.perf_counter() - started)
-        forwarded = session.stats.forward_tokens
+        forwarded = view.stats.forward_tokens
     return best, values, forwarded
 
 
@@ -69,7 +69,7 @@ def main() -> None:
             explainer = Explainer.from_pretrained(args.model, engine_options={"prefix_cache_bytes": 0}, dtype=dtype, attn_implementation=kernel)
             if not prompts:
                 prompts, answer = coalition_prompts(explainer, 8 if args.quick else 16)
-                continuation = explainer.session().continuation_ids(prompts[0], answer)
+                continuation = explainer.model_view().continuation_ids(prompts[0], answer)
             results[kernel] = timed(explainer, prompts, continuation)
             del explainer
         plain_seconds, plain_values, _ = results["sdpa"]

@@ -97,9 +97,9 @@ def explain(explainer: Explainer, prompt: NQPrompt, target: str, budget: int | N
 def greedy_answer(explainer: Explainer, prompt: NQPrompt) -> str:
     """The full prompt's greedy answer, computed once and given to every run as its target."""
     qa = QAPrompt(prompt.question, [Document(d["text"], d["title"]) for d in prompt.documents])
-    session = explainer.session()
-    full = qa.render(FeatureTree(qa.documents, session.token_offsets))
-    return session.decode(session.greedy([full], 20)[0])
+    view = explainer.model_view()
+    full = qa.render(FeatureTree(qa.documents, view.token_offsets))
+    return view.decode(view.greedy([full], 20)[0])
 
 
 def main() -> None:

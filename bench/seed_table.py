@@ -88,7 +88,7 @@ class CaptumValue:
 
     def __init__(self, explainer: Explainer, sentence: Sentence) -> None:
         self.explainer, self.sentence = explainer, sentence
-        self.label_ids = [explainer.session().continuation_ids(sentence.render(np.ones(len(sentence.words), bool)), " " + label) for label in LABELS]
+        self.label_ids = [explainer.model_view().continuation_ids(sentence.render(np.ones(len(sentence.words), bool)), " " + label) for label in LABELS]
         self.index = LABELS.index(sentence.label)
         self.calls = 0
 
@@ -134,7 +134,7 @@ def run_captum_perturbation(explainer: Explainer, sentence: Sentence, kind: str,
 
 def run_captum_gradient(explainer: Explainer, sentence: Sentence, kind: str) -> Run:
     """Captum's layer methods on the embedding layer over the full prompt's tokens, summed onto words."""
-    engine, model, session = explainer.engine, explainer.engine.model, explainer.session()
+    engine, model, view = explainer.engine, explainer.engine.model, explainer.model_view()
     full = sentence.render(np.ones(len(sentence.words), bool))
     encoded = engine.tokenizer(full, return_offsets_mapping=True)
     ids = torch.tensor([encoded["input_ids"]])
@@ -142,7 +142,7 @@ def run_captum_gradient(explainer: Explainer, sentence: Sentence, kind: str) -> 
     start = sentence.prompt.text_starts(sentence.tree)[0]
     spans = [(start + sentence.tree.units[w].start, start + sentence.tree.units[w].end) for w in sentence.words]
     in_text = (anchors >= start) & (anchors < start + len(sentence.text))
-    label_ids = [session.continuation_ids(full, " " + label) for label in LABELS]
+    label_ids = [view.continuation_ids(full, " " + label) for label in LABELS]
     index = LABELS.index(sentence.label)
     rows = [0]
 
@@ -164,15 +164,15 @@ def run_captum_gradient(explainer: Explainer, sentence: Sentence, kind: str) -> 
 
 
 def probability_of(explainer: Explainer, sentence: Sentence) -> Callable[[np.ndarray], np.ndarray]:
-    """p(ŷ | only the kept words), normalised over the labels, batched through one session of the engine."""
+    """p(ŷ | only the kept words), normalised over the labels, batched through one view of the engine."""
     full = sentence.render(np.ones(len(sentence.words), bool))
-    session = explainer.session()
-    ids = [session.continuation_ids(full, " " + label) for label in LABELS]
+    view = explainer.model_view()
+    ids = [view.continuation_ids(full, " " + label) for label in LABELS]
     index = LABELS.index(sentence.label)
 
     def probability(keep: np.ndarray) -> np.ndarray:
         prompts = [sentence.render(row) for row in np.asarray(keep, bool).reshape(-1, len(sentence.words))]
-        return np.exp(normalised_label_logprobs(session, prompts, ids)[:, index])
+        return np.exp(normalised_label_logprobs(view, prompts, ids)[:, index])
 
     return probability
 

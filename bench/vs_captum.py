@@ -79,22 +79,22 @@ def sentences(count: int, max_words: int, seed: int) -> list[str]:
 
 def frame(explainer: Explainer, text: str) -> Sentence:
     prompt = ClassificationPrompt(text, LABELS)
-    session = explainer.session()
-    tree = FeatureTree(prompt.documents, session.token_offsets)
+    view = explainer.model_view()
+    tree = FeatureTree(prompt.documents, view.token_offsets)
     words = tree.expand(ROOT, "word")
     full = prompt.render(tree)
-    ids = label_token_ids(session, full, LABELS)
-    best = int(np.argmax(session.continuation_logprobs([full], ids)[0]))
+    ids = label_token_ids(view, full, LABELS)
+    best = int(np.argmax(view.continuation_logprobs([full], ids)[0]))
     return Sentence(text, prompt, tree, words, LABELS[best], ids[best])
 
 
 def logprob_value(explainer: Explainer, sentence: Sentence) -> Callable[[np.ndarray], np.ndarray]:
     """log p(label | prompt with only the kept words), unnormalised: Captum's log_prob target."""
-    session = explainer.session()
+    view = explainer.model_view()
 
     def value(masks: np.ndarray) -> np.ndarray:
         prompts = [sentence.render(row) for row in masks]
-        return session.continuation_logprobs(prompts, [sentence.label_ids])[:, 0]
+        return view.continuation_logprobs(prompts, [sentence.label_ids])[:, 0]
 
     return value
 

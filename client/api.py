@@ -119,12 +119,11 @@ class LongShapClient:
                     yield event
                 return
             except grpc.RpcError as error:
-                wait = None if started else self.retry.delay(attempt, error)
-                if wait is None or not deadline.allows(wait):
+                if started:  # events already reached the caller: a retry would repeat them
                     raise LongShapError.from_rpc(error) from None
+                self._back_off(attempt, error, deadline)
             finally:
                 call.cancel()
-            time.sleep(wait)
 
     def rerank(self, request: pb.RerankRequest | None = None, timeout: float | None = None, **fields) -> pb.RerankResponse:
         """Rank candidate answers by document support, then the documents for the best one (see `rerank_request`)."""
@@ -147,10 +146,14 @@ class LongShapClient:
             try:
                 return method(request, timeout=deadline.left(), metadata=self.metadata)
             except grpc.RpcError as error:
-                wait = self.retry.delay(attempt, error)
-                if wait is None or not deadline.allows(wait):
-                    raise LongShapError.from_rpc(error) from None
-            time.sleep(wait)
+                self._back_off(attempt, error, deadline)
+
+    def _back_off(self, attempt: int, error: grpc.RpcError, deadline: Deadline) -> None:
+        """Wait before trying a refused call again, or raise its failure when the policy or the deadline says stop."""
+        wait = self.retry.delay(attempt, error)
+        if wait is None or not deadline.allows(wait):
+            raise LongShapError.from_rpc(error) from None
+        time.sleep(wait)
 
     def close(self) -> None:
         self.channel.close()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-PUSHBACK_KEY = "grpc-retry-pushback-ms"
+from longshap.proto.wire import PUSHBACK_KEY
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 
 from longshap.hierarchy.allocation import INDIFFERENCE, Allocation, Pooled, expansion_could_change, run_in_rounds, unsettled_units
 from longshap.hierarchy.engines.base import GRADIENTS, CacheScope, Engine, RunContext
-from longshap.hierarchy.engines.session import ModelSession
+from longshap.hierarchy.engines.view import ModelView
 from longshap.hierarchy.estimators import Progress, get_estimator
 from longshap.hierarchy.estimators.base import WithinBudget
 from longshap.hierarchy.expansion import choose_expansions, importance, split_budget
@@ -49,7 +49,7 @@ class _Run:
     """Everything one explanation's level walk needs, fixed once the request is validated."""
 
     request: ExplainRequest
-    session: ModelSession
+    view: ModelView
     tree: FeatureTree
     game: RequestGame
     value_fn: ValueFunction
@@ -109,10 +109,10 @@ class Explainer:
         draft = load_model(draft_model, **load_options) if draft_model is not None else None
         return cls(TransformersEngine(load_model(model, **load_options), draft=draft, **(engine_options or {})))
 
-    def session(self, should_stop: Callable[[], bool] | None = None, deadline: float | None = None) -> ModelSession:
+    def model_view(self, should_stop: Callable[[], bool] | None = None, deadline: float | None = None) -> ModelView:
         """A new request's view of the engine: its own stop flag, deadline, statistics and prefix states."""
         scope = self.cache_scope if self.cache_scope is not None else CacheScope()
-        return ModelSession(self.engine, RunContext(should_stop, deadline, cache=scope))
+        return ModelView(self.engine, RunContext(should_stop, deadline, cache=scope))
 
     def explain(self, request: ExplainRequest | None = None, **options) -> Explanation:
         """Run the whole hierarchy and return the final explanation (see `explain_stream` for options)."""
@@ -156,26 +156,26 @@ class Explainer:
             raise TypeError(f"give a prepared ExplainRequest or its options, not both (got {sorted(options)})")
         if is_gradient_method(request.method) and GRADIENTS not in self.engine.capabilities:
             raise RequestError("method", f"{request.method} needs the model's gradients, which the {type(self.engine).__name__} engine does not offer")
-        return self._stream(request, on_progress, self.session(should_stop, deadline))
+        return self._stream(request, on_progress, self.model_view(should_stop, deadline))
 
-    def _stream(self, request: ExplainRequest, on_progress, session: ModelSession) -> Iterator:
+    def _stream(self, request: ExplainRequest, on_progress, view: ModelView) -> Iterator:
         started = time.perf_counter()
         prompt = request_prompt(request)
-        stop = session.context.stopped
-        tree = FeatureTree(prompt.documents, session.token_offsets)
+        stop = view.context.stopped
+        tree = FeatureTree(prompt.documents, view.token_offsets)
         self._check_players(ROOT, request.levels[0], tree.expand(ROOT, request.levels[0]))
-        session.context.check()
-        target_spec, answer_event = explained_target(session, prompt, request, tree)
-        session.context.check()
+        view.context.check()
+        target_spec, answer_event = explained_target(view, prompt, request, tree)
+        view.context.check()
         yield answer_event
-        value_fn = build_value_function(request.value, session, replace(target_spec, speculative=request.speculative))
+        value_fn = build_value_function(request.value, view, replace(target_spec, speculative=request.speculative))
         game = RequestGame(lambda absent: prompt.render(tree, absent), value_fn, stop)
         top_units = frozenset(tree.expand(ROOT, "document"))
         full_value, empty_value = game.values([frozenset(), top_units])
-        gradients = self._gradients(session, prompt, tree, value_fn, request) if is_gradient_method(request.method) else None
+        gradients = self._gradients(view, prompt, tree, value_fn, request) if is_gradient_method(request.method) else None
         yield from self._levels(
             _Run(
-                request, session, tree, game, value_fn, _as_row(full_value), _as_row(empty_value), on_progress, started,
+                request, view, tree, game, value_fn, _as_row(full_value), _as_row(empty_value), on_progress, started,
                 answer_event, request.allocation, gradients,
             )
         )
@@ -202,10 +202,10 @@ class Explainer:
             instruction=instruction, max_new_tokens=max_new_tokens, levels=[level],
         )
         prompt = request_prompt(request)
-        session = self.session()
-        tree = FeatureTree(prompt.documents, session.token_offsets)
-        target_spec, _ = explained_target(session, prompt, request, tree)
-        value_fn = build_value_function("label" if request.classification else "probability", session, target_spec)
+        view = self.model_view()
+        tree = FeatureTree(prompt.documents, view.token_offsets)
+        target_spec, _ = explained_target(view, prompt, request, tree)
+        value_fn = build_value_function("label" if request.classification else "probability", view, target_spec)
         game = RequestGame(lambda absent: prompt.render(tree, absent), value_fn)
         units = tree.expand(ROOT, level)
 
@@ -217,12 +217,12 @@ class Explainer:
         return units, probability
 
     @staticmethod
-    def _gradients(session: ModelSession, prompt, tree: FeatureTree, value_fn, request: ExplainRequest) -> TokenAttributions:
+    def _gradients(view: ModelView, prompt, tree: FeatureTree, value_fn, request: ExplainRequest) -> TokenAttributions:
         from longshap.hierarchy.gradients import token_attributions
 
         starts = prompt.text_starts(tree)
         ends = [start + len(doc.text) for start, doc in zip(starts, prompt.documents)]
-        return token_attributions(session, prompt.render(tree), starts, ends, value_fn, request.method, request.baseline, request.budget)
+        return token_attributions(view, prompt.render(tree), starts, ends, value_fn, request.method, request.baseline, request.budget)
 
     def _levels(self, run: _Run) -> Iterator:
         tree, game, value_fn, options = run.tree, run.game, run.value_fn, run.request
@@ -234,7 +234,7 @@ class Explainer:
             level_started = time.perf_counter()
             last = depth == len(options.levels) - 1
             evaluations_before = game.evaluations
-            stats = run.session.stats
+            stats = run.view.stats
             tokens_before = (stats.forward_tokens, stats.reused_tokens)
             groups = [(parent, tree.expand(parent, level)) for parent in parents]
             groups = [(parent, children) for parent, children in groups if children]
@@ -407,7 +407,7 @@ class Explainer:
 
     def _explanation(self, run: _Run, levels: list[Level]) -> Explanation:
         value_fn = run.value_fn
-        stats: dict = run.session.stats.as_dict()
+        stats: dict = run.view.stats.as_dict()
         stats["wall_seconds"] = round(time.perf_counter() - run.started, 3)
         stats["coalitions"] = run.game.evaluations
         shares = value_fn.shares()

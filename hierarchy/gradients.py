@@ -32,7 +32,7 @@ from longshap.hierarchy.engines.gradient_spec import GradientSpec
 from longshap.hierarchy.errors import RequestError
 
 if TYPE_CHECKING:
-    from longshap.hierarchy.engines.session import ModelSession
+    from longshap.hierarchy.engines.view import ModelView
     from longshap.hierarchy.segmentation import FeatureTree
 
 GRADIENT_METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
@@ -84,7 +84,7 @@ class TokenAttributions:
 
 
 def token_attributions(
-    session: ModelSession, full_prompt: str, text_starts: Sequence[int], text_ends: Sequence[int], value_fn,
+    view: ModelView, full_prompt: str, text_starts: Sequence[int], text_ends: Sequence[int], value_fn,
     method: str, baseline: str = "zero", steps: int | None = None,
 ) -> TokenAttributions:
     """Attribute `value_fn`'s value at `full_prompt` to the prompt's tokens with the named gradient method.
@@ -95,7 +95,7 @@ def token_attributions(
     """
     if not is_gradient_method(method):
         raise ValueError(f"method: {method!r} is not a gradient method; use one of {GRADIENT_METHODS}")
-    engine = session.engine
+    engine = view.engine
     if GRADIENTS not in engine.capabilities:
         raise ValueError(f"method: {method} needs gradients, which the {type(engine).__name__} engine does not offer; use a coalition method such as 'permutation'")
     ids, offsets = engine.encode_offsets(full_prompt, special_tokens=True)
@@ -113,8 +113,8 @@ def token_attributions(
     else:
         raise ValueError(f"value: gradient methods explain logprob, probability or label values, not {name!r}")
     spec = GradientSpec(tuple(ids), tuple(bool(m) for m in movable), continuations, name, label_index, method, baseline, steps)
-    session.context.check()
-    result = engine.attribute_tokens(spec, session.context)
+    view.context.check()
+    result = engine.attribute_tokens(spec, view.context)
     values, completeness = _with_sequence_column(value_fn, result.values, result.completeness)
     return TokenAttributions(method, values, anchors, list(text_starts), result.rows, completeness)
 

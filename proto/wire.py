@@ -15,9 +15,11 @@ from longshap.proto import explainer_pb2 as pb
 from longshap.proto import explainer_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""gRPC's trailing metadata for when a refused call may be retried (sent with RESOURCE_EXHAUSTED)."""
 STAT_FIELDS = ("evaluations", "coalitions", "forward_tokens", "reused_tokens", "forward_passes", "decode_steps", "wall_seconds")
 
-__all__ = ["SERVICE_NAME", "collect", "event_to_proto", "explain_options", "pb", "pb_grpc", "prompt_options", "rerank_to_proto", "summary_proto"]
+__all__ = ["PUSHBACK_KEY", "SERVICE_NAME", "collect", "event_to_proto", "explain_options", "pb", "pb_grpc", "prompt_options", "rerank_to_proto", "summary_proto"]
 
 
 def prompt_options(prompt: pb.QAPrompt | pb.ClassificationPrompt) -> dict:

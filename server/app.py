@@ -135,7 +135,7 @@ async def start_server(config: ServerConfig, explainers: Mapping, backends: Mapp
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     limits = config.limits
     served, owned = serving_explainers(explainers, backends or {}, config.concurrency, config.batching, limits.max_budget, limits.max_players)
-    service = ExplainerService(served, next(iter(served)), config.limits, config.concurrency)
+    service = ExplainerService(served, next(iter(served)), limits, config.concurrency)
     add_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

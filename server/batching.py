@@ -21,14 +21,12 @@ from dataclasses import dataclass, field
 
 
 from longshap.hierarchy.explainer import Explainer
-from longshap.hierarchy.engines.base import CacheScope, Engine, RunContext
+from longshap.hierarchy.engines.base import POLL_S, CacheScope, Engine, RunContext
 from longshap.hierarchy.engines.gradient_spec import GradientResult, GradientSpec
 from longshap.hierarchy.engines.planning import split_counts
 from longshap.hierarchy.engines.work import Work, WorkEngine
 from longshap.hierarchy.errors import Cancelled
 
-POLL_S = 0.05
-"""How often a caller waiting for its merged call checks its own stop flag."""
 
 
 @dataclass(eq=False)
@@ -56,7 +54,6 @@ class BatchingEngine(WorkEngine):
 
     def __init__(self, inner: Engine, window_s: float = 0.01, max_rows: int = 512) -> None:
         super().__init__(inner)
-        self.inner = inner
         self.window_s = window_s
         self.max_rows = max_rows
         self.scope = CacheScope()
@@ -73,7 +70,7 @@ class BatchingEngine(WorkEngine):
     # ---- the engine protocol (text and calls through WorkEngine) -------------------------
     def attribute_tokens(self, spec: GradientSpec, context: RunContext) -> GradientResult:
         """Not merged (one prompt, many interpolation points): the inner engine runs it between merged calls."""
-        return self.inner.attribute_tokens(spec, context)
+        return self.front.attribute_tokens(spec, context)
 
     def close(self) -> None:
         """Stop the dispatcher; queued calls fail with Cancelled. The inner engine stays the caller's."""
@@ -138,7 +135,7 @@ class BatchingEngine(WorkEngine):
         merged = group[0].work.merged([job.work for job in group[1:]])
         context = RunContext(lambda: all(job.context.stopped() for job in group), cache=self.scope)
         try:
-            results = merged.run(self.inner, context)
+            results = merged.run(self.front, context)
         except BaseException as error:  # noqa: BLE001 - every caller of the merged call gets the failure
             for job in group:
                 job.finish(error=error)

@@ -29,14 +29,12 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the install
     raise ImportError("Ray replicas need Ray: pip install 'longshap[ray]'") from error
 
-from longshap.hierarchy.engines.base import GRADIENTS, CacheScope, Engine, RunContext
+from longshap.hierarchy.engines.base import GRADIENTS, POLL_S, CacheScope, Engine, RunContext
 from longshap.hierarchy.engines.gradient_spec import GradientResult, GradientSpec
 from longshap.hierarchy.engines.work import Work, WorkEngine
 from longshap.hierarchy.errors import Cancelled
 
 log = logging.getLogger("longshap.server")
-POLL_S = 0.05
-"""How often a caller waiting for replicas checks its run context."""
 MAX_ATTEMPTS = 3
 """A chunk whose replica dies this many times fails the call instead of killing replica after replica."""
 STOP_MEMORY_S = 600.0

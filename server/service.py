@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from longshap.hierarchy import Explainer
 from longshap.hierarchy.errors import Cancelled
 from longshap.hierarchy.request import RequestError as EngineRequestError
-from longshap.proto.wire import SERVICE_NAME, event_to_proto, pb, pb_grpc
+from longshap.proto.wire import PUSHBACK_KEY, SERVICE_NAME, event_to_proto, pb, pb_grpc
 from longshap.server import jobs
 from longshap.server.config import Limits
 from longshap.server.errors import RequestError
@@ -25,8 +25,6 @@ from longshap.server.validation import explain_request, rerank_arguments, resolv
 from longshap.server.worker import QueueFull, Worker
 
 log = logging.getLogger("longshap.request")
-PUSHBACK_KEY = "grpc-retry-pushback-ms"
-"""gRPC's trailing metadata for when a refused call may be retried (its retry policy reads it too)."""
 _END = object()
 
 

@@ -59,9 +59,9 @@ def build_tiny_model_dir(path: Path, architecture: str = "llama", seed: int = 0,
     return path
 
 
-def model_session(loaded, context=None, **engine_options):
-    """A `ModelSession` on a fresh `TransformersEngine` of `loaded` (engine options as keywords; `context`: a `RunContext`)."""
-    from longshap.hierarchy.engines import ModelSession
+def model_view(loaded, context=None, **engine_options):
+    """A `ModelView` on a fresh `TransformersEngine` of `loaded` (engine options as keywords; `context`: a `RunContext`)."""
+    from longshap.hierarchy.engines import ModelView
     from longshap.hierarchy.engines.hf_engine import TransformersEngine
 
-    return ModelSession(TransformersEngine(loaded, **engine_options), context)
+    return ModelView(TransformersEngine(loaded, **engine_options), context)

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 from longshap.hierarchy.engines.base import (
     ANSWER_TREE, DRAFT, GRADIENTS, PREFIX_REUSE, CacheScope, Engine, EngineStats, RunContext,
 )
-from longshap.hierarchy.engines.session import ModelSession
+from longshap.hierarchy.engines.view import ModelView
 
 if TYPE_CHECKING:
     from longshap.hierarchy.engines.hf_engine import TransformersEngine
 
 __all__ = [
-    "ANSWER_TREE", "DRAFT", "GRADIENTS", "PREFIX_REUSE", "CacheScope", "Engine", "EngineStats", "ModelSession", "RunContext",
+    "ANSWER_TREE", "DRAFT", "GRADIENTS", "PREFIX_REUSE", "CacheScope", "Engine", "EngineStats", "ModelView", "RunContext",
     "TransformersEngine",
 ]
 

@@ -40,6 +40,8 @@ TokenRow = tuple[Sequence[int], Sequence[int]]
 """(prompt ids, one continuation): scored per continuation token."""
 
 _T = TypeVar("_T")
+POLL_S = 0.05
+"""How often a caller waiting for the model (a lock, a merged call, replicas) checks its run context."""
 
 
 @dataclass
@@ -177,8 +179,8 @@ def check_continuations(continuations: Sequence[Sequence[int]]) -> None:
         raise ValueError("every continuation needs at least one token")
 
 
-def wait_for(lock: threading.Lock, context: RunContext, poll_s: float) -> None:
+def wait_for(lock: threading.Lock, context: RunContext) -> None:
     """Take `lock`, giving up with Cancelled as soon as the run should stop."""
-    while not lock.acquire(timeout=poll_s):
+    while not lock.acquire(timeout=POLL_S):
         if context.stopped():
             raise Cancelled("cancelled while waiting for the model")

@@ -31,7 +31,6 @@ from longshap.hierarchy.engines.base import (
 from longshap.hierarchy.engines.gradient_spec import GradientResult, GradientSpec
 from longshap.hierarchy.engines.hf_prefix import PrefixStates
 from longshap.hierarchy.engines.planning import plan_batches
-from longshap.hierarchy.errors import Cancelled
 from longshap.hierarchy.models import LoadedModel
 from longshap.hierarchy.speculative import AnswerTree
 
@@ -39,8 +38,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_TOKENS = 4096
 DEFAULT_PREFIX_CACHE_BYTES = 512 * 2**20
-POLL_S = 0.05
-"""How often a caller waiting for the model checks its stop flag."""
 
 _ACTIVE: ContextVar[RunContext | None] = ContextVar("longshap_active_run", default=None)
 """The run whose call is on this thread: what the decoder layers' hooks poll."""
@@ -161,7 +158,7 @@ class TransformersEngine:
         if self.device.type == "meta":  # before a batch's preparation reads meta tensors and fails obscurely
             _weightless(self.backbone)
         context.check()
-        wait_for(self._lock, context, POLL_S)
+        wait_for(self._lock, context)
         token = _ACTIVE.set(context)
         try:
             with torch.inference_mode(inference):
@@ -234,8 +231,8 @@ class TransformersEngine:
 def _interrupt(*_) -> None:
     """Before every decoder layer and every block of blocked attention: stop the running call once its request should stop."""
     context = _ACTIVE.get()
-    if context is not None and context.stopped():
-        raise Cancelled("explanation cancelled")
+    if context is not None:
+        context.check()
 
 
 set_checkpoint(_interrupt)

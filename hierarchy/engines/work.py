@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
+from longshap.hierarchy.engines.base import check_continuations
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -113,9 +115,12 @@ class WorkEngine:
         return self.front.token_texts(ids)
 
     def score(self, rows: Sequence[ScoreRow], context: RunContext) -> list[np.ndarray]:
+        for _, continuations in rows:  # here, not where merged: one request's bad rows must not fail the others'
+            check_continuations(continuations)
         return self.run_work(ScoreWork(tuple(rows)), context)
 
     def score_tokens(self, rows: Sequence[TokenRow], context: RunContext) -> list[np.ndarray]:
+        check_continuations([continuation for _, continuation in rows])
         return self.run_work(TokenWork(tuple(rows)), context)
 
     def greedy(self, rows: Sequence[Sequence[int]], max_new_tokens: int, context: RunContext, tree: AnswerTree | None = None) -> list[list[int]]:

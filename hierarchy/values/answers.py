@@ -14,7 +14,7 @@ import numpy as np
 from longshap.hierarchy.values.base import Target, register
 
 if TYPE_CHECKING:  # the engines import torch only once a model is loaded
-    from longshap.hierarchy.engines.session import ModelSession
+    from longshap.hierarchy.engines.view import ModelView
 
 
 VISIBLE_ANSWER_SHARE = 0.01
@@ -28,7 +28,7 @@ def normalise_answer(text: str) -> str:
 
 @register("answers")
 class AnswerDistribution:
-    def __init__(self, model: ModelSession, target: Target) -> None:
+    def __init__(self, model: ModelView, target: Target) -> None:
         self.model = model
         self.max_new_tokens = target.max_new_tokens
         from longshap.hierarchy.speculative import AnswerTree

@@ -14,7 +14,7 @@ import numpy as np
 from longshap.hierarchy.registry import Registry
 
 if TYPE_CHECKING:  # the engines import torch only once a model is loaded
-    from longshap.hierarchy.engines.session import ModelSession
+    from longshap.hierarchy.engines.view import ModelView
 
 
 class ValueFunction(Protocol):
@@ -58,10 +58,10 @@ class Target:
     """Verify already-seen answers in one pass instead of decoding them again."""
 
 
-ValueFactory = Callable[["ModelSession", Target], ValueFunction]
+ValueFactory = Callable[["ModelView", Target], ValueFunction]
 VALUE_FUNCTIONS: Registry[ValueFactory] = Registry("value function")
 register = VALUE_FUNCTIONS.register
 
 
-def build_value_function(name: str, model: ModelSession, target: Target) -> ValueFunction:
+def build_value_function(name: str, model: ModelView, target: Target) -> ValueFunction:
     return VALUE_FUNCTIONS.lookup(name)(model, target)

@@ -13,14 +13,14 @@ import numpy as np
 from longshap.hierarchy.values.base import FixedColumns, Target, register
 
 if TYPE_CHECKING:  # the engines import torch only once a model is loaded
-    from longshap.hierarchy.engines.session import ModelSession
+    from longshap.hierarchy.engines.view import ModelView
 
 
-def label_token_ids(model: ModelSession, full_prompt: str, labels: Sequence[str]) -> list[list[int]]:
+def label_token_ids(model: ModelView, full_prompt: str, labels: Sequence[str]) -> list[list[int]]:
     return [model.continuation_ids(full_prompt, " " + label.strip()) for label in labels]
 
 
-def normalised_label_logprobs(model: ModelSession, prompts: Sequence[str], label_ids: Sequence[Sequence[int]]) -> np.ndarray:
+def normalised_label_logprobs(model: ModelView, prompts: Sequence[str], label_ids: Sequence[Sequence[int]]) -> np.ndarray:
     """log p(label | prompt, one of the labels): shape (m, number of labels)."""
     scores = model.continuation_logprobs(prompts, label_ids)
     return scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
@@ -28,7 +28,7 @@ def normalised_label_logprobs(model: ModelSession, prompts: Sequence[str], label
 
 @register("label")
 class LabelLogProb(FixedColumns):
-    def __init__(self, model: ModelSession, target: Target) -> None:
+    def __init__(self, model: ModelView, target: Target) -> None:
         if not target.labels or target.label_index is None:
             raise ValueError("the label value function needs labels and the label to explain")
         self.model = model

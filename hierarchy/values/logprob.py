@@ -13,14 +13,14 @@ import numpy as np
 from longshap.hierarchy.values.base import FixedColumns, Target, register
 
 if TYPE_CHECKING:  # the engines import torch only once a model is loaded
-    from longshap.hierarchy.engines.session import ModelSession
+    from longshap.hierarchy.engines.view import ModelView
 
 
 @register("logprob")
 class TargetLogProb(FixedColumns):
     """Sum of the answer tokens' log-probabilities: additive across tokens, unbounded below."""
 
-    def __init__(self, model: ModelSession, target: Target) -> None:
+    def __init__(self, model: ModelView, target: Target) -> None:
         if not target.answer or not target.answer.strip():
             raise ValueError("target: the answer to explain is empty")
         self.model = model

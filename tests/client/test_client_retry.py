@@ -5,7 +5,8 @@ import random
 
 import grpc
 import pytest
-from longshap.client.retry import PUSHBACK_KEY, Deadline, RetryPolicy, pushback_s
+from longshap.client.retry import Deadline, RetryPolicy, pushback_s
+from longshap.proto.wire import PUSHBACK_KEY
 
 
 class _Refused(grpc.RpcError):

@@ -9,7 +9,7 @@ from longshap.hierarchy import attention
 from longshap.hierarchy.attention import key_span
 from longshap.hierarchy.models import load_model
 from longshap.hierarchy.speculative import AnswerTree
-from tiny_models import model_session
+from tiny_models import model_view
 
 LONG_DOC = "Document (Title: Paris): Paris is the capital of France. It is on the Seine. " * 4
 PROMPTS = [
@@ -67,7 +67,7 @@ def test_padded_batch_logits_equal_plain_sdpa(models, key_lengths):
 
 def test_engine_values_and_greedy_answers_equal_plain_sdpa(models, key_lengths):
     """Shared-prefix caches, right-padded suffixes and answer-tree masks all go through the blocks."""
-    plain, blocked = (model_session(loaded) for loaded in models)
+    plain, blocked = (model_view(loaded) for loaded in models)
     continuation = plain.continuation_ids(PROMPTS[0], " Paris is the capital")
     np.testing.assert_allclose(
         blocked.continuation_logprobs(PROMPTS, [continuation]), plain.continuation_logprobs(PROMPTS, [continuation]), atol=1e-5, rtol=0

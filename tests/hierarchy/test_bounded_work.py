@@ -66,14 +66,14 @@ def test_gradient_standard_errors_are_null_in_strict_json(tiny_explainer):
 def test_a_cancelled_request_leaves_no_prefix_states_behind(tiny_explainer, monkeypatch):
     """Each request's prefix states live in its own run context, freed when it ends (before: a shared cache kept them)."""
     scopes = []
-    session = tiny_explainer.session
+    model_view = tiny_explainer.model_view
 
     def recording(*args, **kwargs):
-        made = session(*args, **kwargs)
+        made = model_view(*args, **kwargs)
         scopes.append(weakref.ref(made.context.cache))
         return made
 
-    monkeypatch.setattr(tiny_explainer, "session", recording)
+    monkeypatch.setattr(tiny_explainer, "model_view", recording)
     stream = tiny_explainer.explain_stream(question="q?", documents=[WORDS], levels=["word"], budget=400, target="w1")
     next(stream)
     assert scopes and scopes[0]() is not None

@@ -244,7 +244,7 @@ def test_explainer_builds_its_engine_and_gives_each_request_a_session(tiny_llama
     explainer = Explainer(loaded)
     assert isinstance(explainer.engine, TransformersEngine) and explainer.engine.model is loaded.model
     assert explainer.architecture == "llama"
-    first, second = explainer.session(), explainer.session(should_stop=lambda: True)
+    first, second = explainer.model_view(), explainer.model_view(should_stop=lambda: True)
     assert first.engine is second.engine is explainer.engine
     assert first.context is not second.context and first.stats is not second.stats and first.context.cache is not second.context.cache
     assert not first.context.stopped() and second.context.stopped()

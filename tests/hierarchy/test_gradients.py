@@ -8,7 +8,7 @@ import pytest
 import torch
 from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 from longshap.hierarchy import Explainer
-from longshap.hierarchy.engines import GRADIENTS, ModelSession
+from longshap.hierarchy.engines import GRADIENTS, ModelView
 from longshap.hierarchy.engines.gradient_spec import GradientSpec
 from longshap.hierarchy.errors import RequestError
 from longshap.hierarchy.engines.hf_gradients import _Value
@@ -28,14 +28,14 @@ TEXT, LABELS = "a charming and often affecting journey", ["negative", "positive"
 @pytest.fixture(scope="module")
 def setting(tiny_explainer):
     """The full QA prompt, where its documents' text lies, and its logprob value function."""
-    session = tiny_explainer.session()
+    view = tiny_explainer.model_view()
     prompt = QAPrompt(QUESTION, [Document(d["text"], d["title"]) for d in DOCUMENTS])
-    tree = FeatureTree(prompt.documents, session.token_offsets)
+    tree = FeatureTree(prompt.documents, view.token_offsets)
     full = prompt.render(tree)
     starts = prompt.text_starts(tree)
     ends = [s + len(d.text) for s, d in zip(starts, prompt.documents)]
-    value = build_value_function("logprob", session, Target(full, answer="Paris is"))
-    return session, full, starts, ends, value
+    value = build_value_function("logprob", view, Target(full, answer="Paris is"))
+    return view, full, starts, ends, value
 
 
 def test_text_starts_locate_every_document(setting):
@@ -44,10 +44,10 @@ def test_text_starts_locate_every_document(setting):
 
 
 def test_integrated_gradients_are_complete_within_the_riemann_error(setting):
-    session, full, starts, ends, value = setting
+    view, full, starts, ends, value = setting
     gaps = []
     for steps in (8, 128):
-        result = token_attributions(session, full, starts, ends, value, "integrated_gradients", "zero", steps)
+        result = token_attributions(view, full, starts, ends, value, "integrated_gradients", "zero", steps)
         check = result.completeness
         effect = np.array(check["f_input"]) - np.array(check["f_baseline"])
         gap = np.abs(np.array(check["attribution_sum"]) - effect)
@@ -65,21 +65,21 @@ def test_integrated_gradients_are_complete_within_the_riemann_error(setting):
     assert gaps[1] <= gaps[0] + 1e-6
 
 
-def _captum_forward(session, ids: list[int], value_fn):
+def _captum_forward(view, ids: list[int], value_fn):
     """The logprob value's torch twin, from token ids (through the embedding layer Captum's layer methods hook)."""
     spec = GradientSpec(tuple(ids), (False,) * len(ids), (tuple(value_fn.tokens),), "logprob", None, "integrated_gradients", "pad", 32)
-    value = _Value(session.engine, spec, session.context)
-    return lambda tokens: value(session.engine.model.get_input_embeddings()(tokens))
+    value = _Value(view.engine, spec, view.context)
+    return lambda tokens: value(view.engine.model.get_input_embeddings()(tokens))
 
 
 def test_equal_to_captums_layer_methods_on_the_embedding_layer(setting):
-    session, full, starts, ends, value = setting
-    ids = torch.tensor([session.encode_prompt(full)])
-    layer = session.engine.model.get_input_embeddings()
-    forward = _captum_forward(session, ids[0].tolist(), value)
-    ours = {m: token_attributions(session, full, starts, ends, value, m, "pad", 32) for m in ("integrated_gradients", "input_x_gradient", "saliency")}
+    view, full, starts, ends, value = setting
+    ids = torch.tensor([view.encode_prompt(full)])
+    layer = view.engine.model.get_input_embeddings()
+    forward = _captum_forward(view, ids[0].tolist(), value)
+    ours = {m: token_attributions(view, full, starts, ends, value, m, "pad", 32) for m in ("integrated_gradients", "input_x_gradient", "saliency")}
     movable = torch.tensor(ours["integrated_gradients"].values[:, 0] != 0)  # document tokens; elsewhere input == baseline
-    baseline_ids = torch.where(movable[None], torch.full_like(ids, session.engine.pad_id), ids)
+    baseline_ids = torch.where(movable[None], torch.full_like(ids, view.engine.pad_id), ids)
     for column in range(len(value.tokens)):
         theirs = LayerIntegratedGradients(forward, layer).attribute(ids, baselines=baseline_ids, target=column, n_steps=32)
         np.testing.assert_allclose(ours["integrated_gradients"].values[:, 1 + column], theirs[0].sum(-1).detach().double().numpy(), atol=1e-5)
@@ -152,9 +152,9 @@ def test_an_engine_without_gradients_refuses_gradient_methods(tiny_explainer, se
     assert explainer.engine is engine  # an engine is used as it is
     with pytest.raises(RequestError, match="method: saliency needs the model's gradients, which the _WithoutGradients engine does not offer"):
         explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", method="saliency")
-    session, full, starts, ends, value = setting
+    view, full, starts, ends, value = setting
     with pytest.raises(ValueError, match="needs gradients, which the _WithoutGradients engine does not offer"):
-        token_attributions(ModelSession(engine), full, starts, ends, value, "saliency")
+        token_attributions(ModelView(engine), full, starts, ends, value, "saliency")
     # Coalition methods only need scores.
     assert explainer.explain(question=QUESTION, documents=DOCUMENTS, target="Paris", levels=["document"], method="exact").levels
 

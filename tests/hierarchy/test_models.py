@@ -10,7 +10,7 @@ import torch
 
 from longshap.hierarchy import models
 from longshap.hierarchy.models import DEFAULT_MODEL, attention_implementation, load_model, resolve_model_dir
-from tiny_models import build_tiny_model_dir, build_tokenizer, model_session
+from tiny_models import build_tiny_model_dir, build_tokenizer, model_view
 
 PROMPTS = ["Paris is the capital of", "Question: What is the capital of France?\nAnswer:"]
 
@@ -32,7 +32,7 @@ def test_a_weightless_load_tokenises_like_the_full_one_and_refuses_forward_passe
     full, bare = load_model(tiny_gemma_dir, device="cpu"), load_model(tiny_gemma_dir, device="cpu", weights=False)
     assert all(p.device.type == "meta" for p in bare.model.parameters())
     assert bare.model.config.to_dict() == full.model.config.to_dict()
-    full_session, bare_session = model_session(full), model_session(bare)
+    full_session, bare_session = model_view(full), model_view(bare)
     assert bare_session.engine.stop_ids == full_session.engine.stop_ids
     assert [bare_session.encode_prompt(p) for p in PROMPTS] == [full_session.encode_prompt(p) for p in PROMPTS]
     assert [bare_session.token_offsets(p) for p in PROMPTS] == [full_session.token_offsets(p) for p in PROMPTS]
@@ -119,10 +119,10 @@ def tiny_wide_dir(tmp_path_factory):
 def test_cpu_quantization_scores_close_to_float32(tiny_wide_dir, quantization, layer, max_diff, min_corr):
     """bitsandbytes is installed here and runs on CPU: quantised scores track the float32 ones."""
     vocabulary = [[i] for i in range(len(build_tokenizer()))]
-    reference = model_session(load_model(str(tiny_wide_dir), device="cpu")).continuation_logprobs(PROMPTS, vocabulary)
+    reference = model_view(load_model(str(tiny_wide_dir), device="cpu")).continuation_logprobs(PROMPTS, vocabulary)
     loaded = load_model(str(tiny_wide_dir), device="cpu", quantization=quantization)
     assert type(loaded.model.model.layers[0].self_attn.q_proj).__name__ == layer  # really quantised
-    scores = model_session(loaded).continuation_logprobs(PROMPTS, vocabulary)
+    scores = model_view(loaded).continuation_logprobs(PROMPTS, vocabulary)
     assert np.all(scores <= 0)
     assert np.abs(scores - reference).max() < max_diff
     assert not np.allclose(scores, reference, atol=1e-7)  # not silently the float32 model

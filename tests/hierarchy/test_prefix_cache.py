@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 from longshap.hierarchy.models import load_model
-from longshap.hierarchy.engines import CacheScope, ModelSession
+from longshap.hierarchy.engines import CacheScope, ModelView
 from longshap.hierarchy.prefix_cache import PrefixKVCache
-from tiny_models import model_session
+from tiny_models import model_view
 
 
 def states(tokens, layers: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -81,16 +81,16 @@ def loaded(request):
     return load_model(str(directory), device="cpu")
 
 
-def score_in_small_batches(session: ModelSession, conts) -> np.ndarray:
+def score_in_small_batches(view: ModelView, conts) -> np.ndarray:
     """Two calls (as two levels would make) of batches of two rows, so prefixes recur across batches."""
     prompts = coalition_prompts()
-    return np.vstack([session.continuation_logprobs(prompts[:5], conts), session.continuation_logprobs(prompts[3:], conts)])
+    return np.vstack([view.continuation_logprobs(prompts[:5], conts), view.continuation_logprobs(prompts[3:], conts)])
 
 
 @pytest.mark.parametrize("conts", [[[5]], [[5, 6, 7], [9]]], ids=["single", "multi"])
 def test_values_equal_with_the_cache_on_and_off_and_fewer_tokens_forwarded(loaded, conts):
-    on = model_session(loaded, max_batch_size=2)
-    off = model_session(loaded, max_batch_size=2, prefix_cache_bytes=0)
+    on = model_view(loaded, max_batch_size=2)
+    off = model_view(loaded, max_batch_size=2, prefix_cache_bytes=0)
     values_on, values_off = score_in_small_batches(on, conts), score_in_small_batches(off, conts)
     np.testing.assert_allclose(values_on, values_off, atol=1e-4, rtol=0)
     assert on.stats.cached_tokens > 0 and off.stats.cached_tokens == 0
@@ -102,31 +102,31 @@ def test_values_equal_with_the_cache_on_and_off_and_fewer_tokens_forwarded(loade
 
 def test_values_stay_equal_when_a_tiny_bound_evicts(loaded):
     conts = [[5, 6]]
-    reference = score_in_small_batches(model_session(loaded, max_batch_size=2, prefix_cache_bytes=0), conts)
-    prompt_tokens = len(model_session(loaded).encode_prompt(coalition_prompts()[-1]))
+    reference = score_in_small_batches(model_view(loaded, max_batch_size=2, prefix_cache_bytes=0), conts)
+    prompt_tokens = len(model_view(loaded).encode_prompt(coalition_prompts()[-1]))
     config = loaded.model.config
     per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
-    session = model_session(loaded, max_batch_size=2, prefix_cache_bytes=per_token * prompt_tokens // 2)
-    np.testing.assert_allclose(score_in_small_batches(session, conts), reference, atol=1e-4, rtol=0)
-    store = session.engine.prefix.store(session.context)
+    view = model_view(loaded, max_batch_size=2, prefix_cache_bytes=per_token * prompt_tokens // 2)
+    np.testing.assert_allclose(score_in_small_batches(view, conts), reference, atol=1e-4, rtol=0)
+    store = view.engine.prefix.store(view.context)
     assert 0 < store.nbytes <= store.max_bytes == per_token * prompt_tokens // 2
 
 
 def test_single_rows_read_the_cache_that_batches_filled(loaded):
-    session = model_session(loaded)
+    view = model_view(loaded)
     prompts = coalition_prompts()
-    session.continuation_logprobs(prompts, [[5]])
-    before = session.stats.cached_tokens
-    alone = session.continuation_logprobs([prompts[-1]], [[5]])
-    assert session.stats.cached_tokens > before
-    np.testing.assert_allclose(alone, model_session(loaded, prefix_cache_bytes=0).continuation_logprobs([prompts[-1]], [[5]]), atol=1e-4)
+    view.continuation_logprobs(prompts, [[5]])
+    before = view.stats.cached_tokens
+    alone = view.continuation_logprobs([prompts[-1]], [[5]])
+    assert view.stats.cached_tokens > before
+    np.testing.assert_allclose(alone, model_view(loaded, prefix_cache_bytes=0).continuation_logprobs([prompts[-1]], [[5]]), atol=1e-4)
 
 
 def test_greedy_is_unchanged_by_the_cache(loaded):
     prompts = coalition_prompts()
-    on = model_session(loaded, max_batch_size=2)
+    on = model_view(loaded, max_batch_size=2)
     on.continuation_logprobs(prompts, [[5]])  # fill the cache first
-    assert on.greedy(prompts, max_new_tokens=5) == model_session(loaded, max_batch_size=2, prefix_cache_bytes=0).greedy(prompts, max_new_tokens=5)
+    assert on.greedy(prompts, max_new_tokens=5) == model_view(loaded, max_batch_size=2, prefix_cache_bytes=0).greedy(prompts, max_new_tokens=5)
 
 
 @pytest.mark.slow

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from longshap.hierarchy.engines import DRAFT, EngineStats, ModelSession, hf_decoding
+from longshap.hierarchy.engines import DRAFT, EngineStats, ModelView, hf_decoding
 from longshap.hierarchy.models import load_model
 from longshap.hierarchy.speculative import AnswerTree, Verdict, tree_masks, walk
-from tiny_models import build_tiny_model_dir, model_session
+from tiny_models import build_tiny_model_dir, model_view
 
 WORDS = (
     "Answer the question using the documents. Document (Title: Paris): Paris is the capital of France. It is on the "
@@ -26,10 +26,10 @@ def coalition_prompts(count: int, seed: int = 0) -> list[str]:
     return prompts
 
 
-def decode_with_tree(session: ModelSession, prompts: list[str], max_new_tokens: int, chunk: int = 8) -> list[list[int]]:
+def decode_with_tree(view: ModelView, prompts: list[str], max_new_tokens: int, chunk: int = 8) -> list[list[int]]:
     tree, answers = AnswerTree(), []
     for start in range(0, len(prompts), chunk):
-        batch = session.greedy(prompts[start : start + chunk], max_new_tokens, tree=tree)
+        batch = view.greedy(prompts[start : start + chunk], max_new_tokens, tree=tree)
         for tokens in batch:
             tree.add(tokens)
         answers += batch
@@ -100,30 +100,30 @@ def record_prefills(monkeypatch: pytest.MonkeyPatch) -> list:
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
 @pytest.mark.parametrize("seed", [0, 5])
 def test_tree_verification_equals_plain_greedy(tmp_path, monkeypatch, architecture, seed):
-    session = model_session(load_model(str(build_tiny_model_dir(tmp_path, architecture, seed=seed))))
+    view = model_view(load_model(str(build_tiny_model_dir(tmp_path, architecture, seed=seed))))
     prompts = coalition_prompts(32)
-    plain = session.greedy(prompts, 6)
-    session.context.stats = EngineStats()
+    plain = view.greedy(prompts, 6)
+    view.context.stats = EngineStats()
     prefilled = record_prefills(monkeypatch)
-    assert decode_with_tree(session, prompts, 6) == plain
-    assert session.stats.tree_checks == 24 and session.stats.tree_accepted > 0
+    assert decode_with_tree(view, prompts, 6) == plain
+    assert view.stats.tree_checks == 24 and view.stats.tree_accepted > 0
     assert len(prefilled) == 32  # every row once: rows leaving the tree decode on from the pass that checked it
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
 def test_rows_leaving_the_tree_continue_from_the_verification_pass(tmp_path, monkeypatch, architecture):
     """A tree of wrong answers: every row diverges (at the root or inside), and decoding goes on from the pass's cache."""
-    session = model_session(load_model(str(build_tiny_model_dir(tmp_path, architecture, seed=3))))
+    view = model_view(load_model(str(build_tiny_model_dir(tmp_path, architecture, seed=3))))
     prompts = coalition_prompts(12, seed=2)
-    plain = session.greedy(prompts, 7)
+    plain = view.greedy(prompts, 7)
     tree = AnswerTree()
     for answer in plain:
         tree.add(answer[:2] + [answer[2] + 1] if len(answer) > 2 else [7, 8])  # right start, then a wrong turn
     tree.add([5, 6, 7])
     prefilled = record_prefills(monkeypatch)
-    session.context.stats = EngineStats()
-    assert session.greedy(prompts, 7, tree=tree) == plain
-    assert session.stats.tree_accepted < session.stats.tree_checks == 12
+    view.context.stats = EngineStats()
+    assert view.greedy(prompts, 7, tree=tree) == plain
+    assert view.stats.tree_accepted < view.stats.tree_checks == 12
     assert len(prefilled) == 12  # no diverged row was prefilled again
 
 
@@ -131,8 +131,8 @@ def test_draft_model_decoding_equals_plain_greedy(tmp_path):
     target = load_model(str(build_tiny_model_dir(tmp_path / "target", "llama", seed=5)))
     draft = load_model(str(build_tiny_model_dir(tmp_path / "draft", "llama", seed=6)))
     prompts = coalition_prompts(10, seed=1)
-    plain = model_session(target).greedy(prompts, 6)
-    assisted = model_session(target, draft=draft)
+    plain = model_view(target).greedy(prompts, 6)
+    assisted = model_view(target, draft=draft)
     assert DRAFT in assisted.engine.capabilities
     assert decode_with_tree(assisted, prompts, 6, chunk=4) == plain
     assert assisted.stats.draft_target_passes > 0

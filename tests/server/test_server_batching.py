@@ -175,7 +175,7 @@ def test_the_batcher_refuses_empty_continuations(tiny_explainer):
     batcher = BatchingEngine(tiny_explainer.engine)
     try:
         with pytest.raises(ValueError, match="continuation"):
-            Explainer(batcher).session().continuation_logprobs(["x"], [[]])
+            Explainer(batcher).model_view().continuation_logprobs(["x"], [[]])
     finally:
         batcher.close()
 

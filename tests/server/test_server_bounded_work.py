@@ -7,7 +7,8 @@ import threading
 import grpc
 import pytest
 from longshap.client.api import LongShapClient
-from longshap.client.retry import PUSHBACK_KEY, RetryPolicy
+from longshap.client.retry import RetryPolicy
+from longshap.proto.wire import PUSHBACK_KEY
 from longshap.proto.wire import pb
 from longshap.server.config import Limits
 from longshap.server.errors import RequestError

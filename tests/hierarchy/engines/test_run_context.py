@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from longshap.hierarchy.engines import CacheScope, EngineStats, ModelSession, RunContext
+from longshap.hierarchy.engines import CacheScope, EngineStats, ModelView, RunContext
 from longshap.hierarchy.engines.hf_engine import TransformersEngine
 from longshap.hierarchy.errors import Cancelled
 from longshap.hierarchy.models import load_model
@@ -51,13 +51,13 @@ def test_deadlines_and_stop_flags():
 
 
 def test_a_passed_deadline_stops_a_session_before_any_model_work(engine):
-    session = ModelSession(engine, RunContext(deadline=time.monotonic() - 1))
+    view = ModelView(engine, RunContext(deadline=time.monotonic() - 1))
     with pytest.raises(Cancelled):
-        session.continuation_logprobs(PROMPTS, [[5]])
+        view.continuation_logprobs(PROMPTS, [[5]])
     with pytest.raises(Cancelled):
-        session.greedy(PROMPTS, 3)
-    assert session.stats == EngineStats()
-    assert ModelSession(engine).continuation_logprobs(PROMPTS, [[5]]).shape == (len(PROMPTS), 1)  # the engine is unaffected
+        view.greedy(PROMPTS, 3)
+    assert view.stats == EngineStats()
+    assert ModelView(engine).continuation_logprobs(PROMPTS, [[5]]).shape == (len(PROMPTS), 1)  # the engine is unaffected
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
@@ -70,38 +70,38 @@ def test_should_stop_cancels_before_a_decoder_layer(request, architecture):
     ran: list[int] = []
     for index, layer in enumerate(layers):
         layer.register_forward_hook(lambda *_, index=index: ran.append(index))
-    session = ModelSession(engine, RunContext(should_stop=lambda: len(ran) >= 1))
+    view = ModelView(engine, RunContext(should_stop=lambda: len(ran) >= 1))
     with pytest.raises(Cancelled):
-        session.continuation_logprobs(PROMPTS, [[5]])
+        view.continuation_logprobs(PROMPTS, [[5]])
     # Polled before each layer: stopped inside the first forward pass, after its first layer.
-    assert ran == [0] and session.stats.forward_passes == 1
+    assert ran == [0] and view.stats.forward_passes == 1
     with pytest.raises(Cancelled):
-        ModelSession(engine, RunContext(should_stop=lambda: True)).greedy(PROMPTS[:1], max_new_tokens=3)
+        ModelView(engine, RunContext(should_stop=lambda: True)).greedy(PROMPTS[:1], max_new_tokens=3)
     # The cancelled calls left nothing behind: a new request on the same engine runs (the engine lock was released).
     ran.clear()
-    assert ModelSession(engine).continuation_logprobs(PROMPTS[:1], [[5]]).shape == (1, 1)
+    assert ModelView(engine).continuation_logprobs(PROMPTS[:1], [[5]]).shape == (1, 1)
     assert ran == [0, 1]
 
 
 def test_a_caller_waiting_for_the_engine_honours_its_deadline(engine):
     with engine.running(RunContext()):  # another request's call holds the engine
         started = time.monotonic()
-        session = ModelSession(engine, RunContext(deadline=started + 0.2))
+        view = ModelView(engine, RunContext(deadline=started + 0.2))
         with pytest.raises(Cancelled, match="waiting"):
-            session.continuation_logprobs(PROMPTS, [[5]])
+            view.continuation_logprobs(PROMPTS, [[5]])
         assert time.monotonic() - started < 2
-    assert session.stats.forward_passes == 0
-    assert ModelSession(engine).continuation_logprobs(PROMPTS[:1], [[5]]).shape == (1, 1)
+    assert view.stats.forward_passes == 0
+    assert ModelView(engine).continuation_logprobs(PROMPTS[:1], [[5]]).shape == (1, 1)
 
 
 def test_an_engine_shared_by_two_sessions_keeps_their_stats_apart(llama, engine):
-    first, second = ModelSession(engine), ModelSession(engine)
+    first, second = ModelView(engine), ModelView(engine)
     first.continuation_logprobs(PROMPTS, [[5]])
     second.greedy(PROMPTS[:2], 4)
     first.continuation_logprobs(PROMPTS[:1], [[5, 6]])
     second.continuation_logprobs(PROMPTS[1:], [[7]])
     # Each equals the same calls made alone on an engine of its own.
-    alone_first, alone_second = (ModelSession(TransformersEngine(llama, max_batch_size=2)) for _ in range(2))
+    alone_first, alone_second = (ModelView(TransformersEngine(llama, max_batch_size=2)) for _ in range(2))
     alone_first.continuation_logprobs(PROMPTS, [[5]])
     alone_first.continuation_logprobs(PROMPTS[:1], [[5, 6]])
     alone_second.greedy(PROMPTS[:2], 4)
@@ -113,7 +113,7 @@ def test_an_engine_shared_by_two_sessions_keeps_their_stats_apart(llama, engine)
 
 
 def test_cache_scopes_are_separate_by_default(engine):
-    first, second = ModelSession(engine), ModelSession(engine)
+    first, second = ModelView(engine), ModelView(engine)
     values = first.continuation_logprobs(COALITIONS, [[5]])
     np.testing.assert_allclose(second.continuation_logprobs(COALITIONS, [[5]]), values, atol=1e-5)
     assert engine.prefix.store(first.context) is not engine.prefix.store(second.context)
@@ -123,7 +123,7 @@ def test_cache_scopes_are_separate_by_default(engine):
 
 def test_a_scope_passed_to_two_contexts_shares_their_prefix_states(engine):
     scope = CacheScope()
-    first, second = ModelSession(engine, RunContext(cache=scope)), ModelSession(engine, RunContext(cache=scope))
+    first, second = ModelView(engine, RunContext(cache=scope)), ModelView(engine, RunContext(cache=scope))
     values = first.continuation_logprobs(COALITIONS, [[5]])
     np.testing.assert_allclose(second.continuation_logprobs(COALITIONS, [[5]]), values, atol=1e-4)
     assert engine.prefix.store(first.context) is engine.prefix.store(second.context)
@@ -132,13 +132,13 @@ def test_a_scope_passed_to_two_contexts_shares_their_prefix_states(engine):
     # Every token is still forwarded or reused: sharing moves tokens from one count to the other.
     assert second.stats.forward_tokens + second.stats.reused_tokens == first.stats.forward_tokens + first.stats.reused_tokens
     scope.clear()
-    third = ModelSession(engine, RunContext(cache=scope))
+    third = ModelView(engine, RunContext(cache=scope))
     third.continuation_logprobs(COALITIONS, [[5]])
     assert third.stats == first.stats  # a cleared scope starts empty
 
 
 def test_a_disabled_scope_keeps_no_prefix_across_calls(engine):
-    off = ModelSession(engine, RunContext(cache=CacheScope(enabled=False)))
+    off = ModelView(engine, RunContext(cache=CacheScope(enabled=False)))
     first = off.continuation_logprobs(COALITIONS, [[5]])
     once = off.stats.as_dict()
     np.testing.assert_allclose(off.continuation_logprobs(COALITIONS, [[5]]), first, atol=1e-5)
@@ -146,7 +146,7 @@ def test_a_disabled_scope_keeps_no_prefix_across_calls(engine):
     assert off.stats.cached_tokens == 0 and off.stats.reused_tokens > 0  # rows of one batch still share their prefix
     store = engine.prefix.store(off.context)
     assert store.max_bytes == 0 and store.nbytes == 0
-    on = ModelSession(engine)
+    on = ModelView(engine)
     on.continuation_logprobs(COALITIONS, [[5]])
     before = on.stats.forward_tokens
     on.continuation_logprobs(COALITIONS, [[5]])

@@ -1,7 +1,7 @@
 """One request's view of an engine: text in, values out, every call charged to the request's run context.
 
 Value functions and the explainer speak in prompt texts; engines speak in token ids.
-A session turns one into the other and counts the evaluations (one per prompt), so a
+A view turns one into the other and counts the evaluations (one per prompt), so a
 request's statistics are its own whichever engine, batcher or replica runs its rows.
 """
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from longshap.hierarchy.engines.base import Engine, EngineStats, RunContext, check_continuations
+from longshap.hierarchy.engines.base import Engine, EngineStats, RunContext
 
 if TYPE_CHECKING:
     from longshap.hierarchy.speculative import AnswerTree
 
 
-class ModelSession:
+class ModelView:
     """An engine bound to one request's run context."""
 
     def __init__(self, engine: Engine, context: RunContext | None = None) -> None:
@@ -52,7 +52,6 @@ class ModelSession:
     # ---- model calls --------------------------------------------------------------------
     def continuation_logprobs(self, prompts: Sequence[str], continuations: Sequence[Sequence[int]]) -> np.ndarray:
         """Log-probability of each continuation (token ids) after each prompt: shape (m, c)."""
-        check_continuations(continuations)
         self.context.check()
         rows = [(self.engine.encode(p), [list(c) for c in continuations]) for p in prompts]
         scores = self.engine.score(rows, self.context)
@@ -61,7 +60,6 @@ class ModelSession:
 
     def continuation_token_logprobs(self, prompts: Sequence[str], continuation: Sequence[int]) -> np.ndarray:
         """log p(token t | prompt, earlier tokens) of one continuation after each prompt: shape (m, len(continuation))."""
-        check_continuations([continuation])
         self.context.check()
         rows = [(self.engine.encode(p), list(continuation)) for p in prompts]
         scores = self.engine.score_tokens(rows, self.context)
