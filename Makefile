@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	echo "$(TORCH_SPEC)" > $(VENV)/constraints.txt
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[test,quantization]"
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[test,quantization,llamacpp]"
 	touch $(STAMP)
 
 install: $(STAMP)

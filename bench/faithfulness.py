@@ -126,7 +126,7 @@ def main() -> None:
     if args.cache is not None:
         args.cache.mkdir(parents=True, exist_ok=True)
     targets = ["gold"] if args.quick else ["gold", "greedy"]
-    explainer = Explainer.from_pretrained(args.model)
+    explainer = Explainer.from_pretrained(args.model, engine="transformers")
     nq = load_nq()
     results: dict[tuple[str, str], list[dict]] = {}
     for row in rows:

@@ -122,7 +122,7 @@ def flat_costed(explainer: Explainer, prompt: NQPrompt, target: str, budget: int
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     rows = [5] if args.quick else [5, 3, 11]
-    explainer = Explainer.from_pretrained(args.model)
+    explainer = Explainer.from_pretrained(args.model, engine="transformers")
     nq = load_nq()
     table, totals = [], {"hier_tokens": 0, "flat_tokens": 0, "hier_s": 0.0, "flat_s": 0.0}
     overlaps = []

@@ -26,7 +26,7 @@ def run(explainer: Explainer, prompt, budget: int, mode: str):
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     rows, budget, distractors = ([5], 40, 3) if args.quick else ([5, 3, 11], 100, 5)
-    explainer = Explainer.from_pretrained(args.model)
+    explainer = Explainer.from_pretrained(args.model, engine="transformers")
     # The same weights behind an engine that forwards every row whole.
     plain = Explainer(TransformersEngine(explainer.engine.loaded, reuse_prefix=False))
     nq = load_nq()

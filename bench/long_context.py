@@ -107,10 +107,10 @@ def main() -> None:
     cli.add_argument("--passages", type=int, nargs="+", default=list(PASSAGES), help="passage counts to run (default 10 20 40)")
     cli.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which runs to make (default all)")
     args = cli.parse_args()
-    explainer = Explainer.from_pretrained(args.model)
+    explainer = Explainer.from_pretrained(args.model, engine="transformers")
     # Every run but after-bf16 uses the float32 model; before also plain SDPA and no prefix states kept between batches.
     before = Explainer.from_pretrained(args.model, engine_options={"prefix_cache_bytes": 0}, attn_implementation="sdpa") if "before" in args.runs else explainer
-    bf16 = Explainer.from_pretrained(args.model, dtype="bfloat16") if "after-bf16" in args.runs else None
+    bf16 = Explainer.from_pretrained(args.model, engine="transformers", dtype="bfloat16") if "after-bf16" in args.runs else None
     nq = load_nq()
     table, figures = [], {}
     for passages in args.passages:

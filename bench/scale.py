@@ -87,7 +87,7 @@ def main() -> None:
     count, budget = (8, 24) if args.quick else (24, 40)
     work = requests(count, budget)
     cores = os.cpu_count() or 1
-    explainer = Explainer.from_pretrained(args.model)
+    explainer = Explainer.from_pretrained(args.model, engine="transformers")
     limits = Limits(queue_size=len(work))
     configs = [
         ("one worker (before)", 1, True, 0),

@@ -188,7 +188,7 @@ def main() -> None:
     perturbation = any(theirs in ("fa", "svs", "kernel") for _, theirs in chosen.values())
     count, max_words = (QUICK_SENTENCES, QUICK_MAX_WORDS) if args.quick else (FULL_SENTENCES, MAX_WORDS)
     count = args.sentences or count
-    explainer = Explainer.from_pretrained(args.model)
+    explainer = Explainer.from_pretrained(args.model, engine="transformers")
     sides = [(name, side) for name in chosen for side in ("LongSHAP", "Captum")]
     figures = {key: {m: [] for m in ("seconds", "evaluations", "suff", "comp", "aopc_suff", "aopc_comp", "mae")} for key in sides}
     words = []

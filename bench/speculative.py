@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--draft", default=None, help="draft model directory (same tokenizer); 'self' drafts with the model itself")
     args = p.parse_args()
     rows, budget, distractors = ([5], 24, 3) if args.quick else ([5, 3, 11], 60, 3)
-    explainer = Explainer.from_pretrained(args.model)
+    explainer = Explainer.from_pretrained(args.model, engine="transformers")
     loaded = explainer.engine.loaded
     modes = [("plain", False, explainer), ("tree", True, explainer)]
     if args.draft:

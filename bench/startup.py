@@ -20,7 +20,7 @@ import json, time
 started = time.perf_counter()
 from longshap.hierarchy import Explainer
 imported = time.perf_counter()
-Explainer.from_pretrained()
+Explainer.from_pretrained(engine="transformers")
 print(json.dumps({"import": imported - started, "load": time.perf_counter() - imported}))
 """
 

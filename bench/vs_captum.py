@@ -182,7 +182,7 @@ def faithfulness(explainer: Explainer, sentence: Sentence, values: np.ndarray) -
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     count, max_words = (4, QUICK_MAX_WORDS) if args.quick else (20, MAX_WORDS)
-    explainer = Explainer.from_pretrained(args.model)
+    explainer = Explainer.from_pretrained(args.model, engine="transformers")
     rng = np.random.default_rng(0)
     per = {m: {"seconds": [], "evaluations": [], "mae_exact": [], "suff": [], "comp": []} for m in METHODS}
     pearson = {"fa": [], "svs": []}

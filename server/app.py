@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from longshap.proto.wire import SERVICE_NAME
 from longshap.server import logs
 from longshap.server.auth import BearerTokenInterceptor
+from longshap.hierarchy.engines.loading import ENGINES
 from longshap.hierarchy.options import ATTENTION_IMPLEMENTATIONS, DTYPES, QUANTIZATIONS
 from longshap.server.config import DEFAULT_MODEL, ServerConfig, parse_model_spec
 from longshap.server.limits import add_limit_options, bounded, limits_from_args
@@ -61,12 +62,13 @@ class RunningServer:
             engine.close()
 
 
-def load_explainers(specs: Sequence[str], weights: bool = True, load_options: Mapping | None = None) -> dict:
+def load_explainers(specs: Sequence[str], weights: bool = True, load_options: Mapping | None = None, threads: int | None = None) -> dict:
     """Load every configured model once (the first is the default).
 
     Without `weights` (Ray mode: the replicas hold the models) only tokenizers and configs
     are loaded. `load_options` (the draft model, device, dtype, quantization,
-    attn_implementation) apply to every model; see `model_options`.
+    attn_implementation) apply to every model; see `model_options`. `threads` is
+    llama.cpp's thread count (torch's is set once for the process).
     """
     from longshap.hierarchy import Explainer
 
@@ -76,11 +78,20 @@ def load_explainers(specs: Sequence[str], weights: bool = True, load_options: Ma
         if name in explainers:
             raise ValueError(f"--model {spec!r}: the name {name!r} is used twice")
         log.info("loading model", extra={"fields": {"model": name, "path": path or "embedded", **(load_options or {})}})
-        explainers[name] = Explainer.from_pretrained(path, weights=weights, **(load_options or {}))
+        explainers[name] = Explainer.from_pretrained(path, weights=weights, threads=threads, **(load_options or {}))
     return explainers
 
 
 MODEL_FLAGS: dict[str, dict[str, Any]] = {
+    "--engine": {
+        "choices": ENGINES, "default": "auto",
+        "help": "what runs the model: transformers (torch), llamacpp (a GGUF file, pip install 'longshap[llamacpp]'), openai (a server "
+                "named by --base-url), or auto: llamacpp for GGUF models on a CPU when installed and no torch option is set, else transformers",
+    },
+    "--base-url": {"metavar": "URL", "help": "the openai engine's OpenAI-compatible server (vLLM, SGLang, llama.cpp), e.g. http://127.0.0.1:8000/v1"},
+    "--remote-model": {"metavar": "NAME", "help": "the model's name on that server (default: the one it serves)"},
+    "--api-key-file": {"metavar": "FILE", "help": "a file holding the server's API key, sent as a bearer token"},
+    "--tokenizer": {"metavar": "DIR", "help": "a local copy of the server's tokenizer (default: the server's tokenize endpoint)"},
     "--device": {"help": "torch device for the models (default: cuda when available, else cpu)"},
     "--dtype": {
         "choices": DTYPES, "default": "float32",
@@ -239,7 +250,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--grace", type=bounded(float, 0, 24 * 3600), default=10.0, help="seconds in-flight and queued requests get to finish at shutdown")
     parser.add_argument(
         "--threads", type=bounded(int, 1, 1024), default=default_threads(),
-        help="torch threads for the model (default: half the CPUs, at most 4; more than the free cores makes it many times slower)",
+        help="torch's or llama.cpp's threads for the model (default: half the CPUs, at most 4; more than the free cores makes it many times slower)",
     )
     add_model_options(parser)
     scale = parser.add_argument_group("scale")
@@ -304,7 +315,7 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     specs = args.model or [DEFAULT_MODEL]
     try:
         set_threads(args.threads)
-        explainers = load_explainers(specs, weights=not args.ray, load_options=model_options(args))
+        explainers = load_explainers(specs, weights=not args.ray, load_options=model_options(args), threads=args.threads)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"longshap serve: cannot load a model: {error}", file=sys.stderr)
         return 1

@@ -4,9 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from longshap.hierarchy.options import DEFAULT_MODEL
 from longshap.server.limits import Limits
 
-DEFAULT_MODEL = "gemma-3-270m"  # hierarchy.models.DEFAULT_MODEL, without importing torch for --help
+__all__ = ["DEFAULT_MODEL", "ServerConfig", "parse_model_spec"]
+
 
 
 @dataclass

@@ -29,7 +29,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the install
     raise ImportError("Ray replicas need Ray: pip install 'longshap[ray]'") from error
 
-from longshap.hierarchy.engines.base import GRADIENTS, POLL_S, CacheScope, Engine, RunContext
+from longshap.hierarchy.engines.base import POLL_S, CacheScope, Engine, RunContext
 from longshap.hierarchy.engines.gradient_spec import GradientResult, GradientSpec
 from longshap.hierarchy.engines.work import Work, WorkEngine
 from longshap.hierarchy.errors import Cancelled
@@ -98,7 +98,7 @@ class Replica:
         from longshap.hierarchy import Explainer
 
         torch.set_num_threads(threads)
-        self.engine = Explainer.from_pretrained(model_path, engine_options=engine_options, **load_options).engine
+        self.engine = Explainer.from_pretrained(model_path, engine_options=engine_options, threads=threads, **load_options).engine
         self.scope = CacheScope()
         """Prefix states kept across this replica's calls."""
         self._stopped: dict[str, float] = {}
@@ -145,7 +145,6 @@ class RayEngine(WorkEngine):
         if replicas < 1 or chunk_rows < 1 or threads < 1:
             raise ValueError("replicas, chunk_rows and threads must be at least 1")
         super().__init__(front)
-        self.capabilities = front.capabilities | {GRADIENTS}
         self.chunk_rows = chunk_rows
         self._actor = ray.remote(Replica).options(num_cpus=threads, max_concurrency=2, max_restarts=0)
         self._arguments = (model_path, dict(engine_options or {}), threads, dict(load_options or {}))
