@@ -78,6 +78,8 @@ def load_explainers(specs: Sequence[str], weights: bool = True, load_options: Ma
         if name in explainers:
             raise ValueError(f"--model {spec!r}: the name {name!r} is used twice")
         log.info("loading model", extra={"fields": {"model": name, "path": path or "embedded", **(load_options or {})}})
+        if (load_options or {}).get("engine") == "openai":
+            path = None  # the server's model (--remote-model); --model only names it here
         explainers[name] = Explainer.from_pretrained(path, weights=weights, threads=threads, **(load_options or {}))
     return explainers
 
@@ -280,6 +282,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         check_tls_files(args.tls_cert, args.tls_key)
     if args.address and not args.ray:
         raise ValueError("--address is the Ray cluster's: it needs --ray")
+    if args.ray and args.engine == "openai":
+        raise ValueError("--ray: the openai engine's model runs on its server, not on replicas")
     return ServerConfig(
         args.host, args.port, limits_from_args(args), token,
         args.tls_cert.read_bytes() if args.tls_cert else None, args.tls_key.read_bytes() if args.tls_key else None, args.grace,
@@ -312,7 +316,7 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     except (ValueError, OSError) as error:
         print(f"longshap serve: {error}", file=sys.stderr)
         return 2
-    specs = args.model or [DEFAULT_MODEL]
+    specs = args.model or [DEFAULT_MODEL if args.engine != "openai" else args.remote_model or "remote"]
     try:
         set_threads(args.threads)
         explainers = load_explainers(specs, weights=not args.ray, load_options=model_options(args), threads=args.threads)

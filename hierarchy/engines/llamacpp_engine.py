@@ -176,6 +176,7 @@ class LlamaCppEngine:
     def _prefill(self, rows: Sequence[list[int]], wanted: Sequence[Sequence[int]], context: RunContext) -> list[np.ndarray]:
         """Decode `rows` as sequences 1..k around their shared prefix; per row, the logits at its `wanted` positions."""
         shared = min(min(common_prefix(rows[0], row) for row in rows), min(positions[0] for positions in wanted))
+        shared = shared if self.reuse_prefix else 0
         kept = self._prefix_in_memory(rows[0][:shared], context)
         self._run([(token, position, PREFIX_SEQUENCE, False) for position, token in enumerate(rows[0][kept:shared], kept)], context)
         entries: list[tuple[int, int, int, bool]] = []

@@ -78,6 +78,9 @@ class OpenAIEngine:
         return ids
 
     def encode_offsets(self, text: str, special_tokens: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+        exact = self.tokens.offsets(text, special_tokens)
+        if exact is not None:
+            return exact
         ids = self.tokens.encode(text, special=special_tokens)
         lead = len(self.tokens.bos) if special_tokens else 0
         spans = piece_offsets(text, [self.tokens.piece(token) for token in ids[lead:]])
@@ -189,22 +192,21 @@ class OpenAIEngine:
         return names[0]
 
     def _probe(self) -> bool:
-        """Whether the server takes token-id prompts; checks it returns prompt log-probabilities at all."""
+        """Whether the server takes token-id prompts (else text); fails now if it returns no prompt log-probabilities."""
         probe_ids = self.encode("Hello")
-        context = RunContext()
-        try:
-            self.token_prompts = True
-            self._prompt_logprobs((probe_ids[:-1] or probe_ids, probe_ids[-1:]), context)
-            return True
-        except ServerError as error:
-            if error.status is None or error.status >= 500 and "logprob" in str(error).lower():
-                raise ServerError(f"the server at {self.client.root} {NO_LOGPROBS} ({error})") from None
-        self.token_prompts = False
-        try:
-            self._prompt_logprobs((probe_ids[:-1] or probe_ids, probe_ids[-1:]), context)
-        except ServerError as error:
-            raise ServerError(f"the server at {self.client.root} cannot score prompts: {error}") from None
-        return False
+        for token_prompts in (True, False):
+            self.token_prompts = token_prompts
+            try:
+                self._prompt_logprobs((probe_ids[:-1] or probe_ids, probe_ids[-1:]), RunContext())
+                return token_prompts
+            except ServerError as error:
+                if NO_LOGPROBS in str(error):
+                    raise
+                if "logprob" in str(error).lower():
+                    raise ServerError(f"the server at {self.client.root} {NO_LOGPROBS} ({error})") from None
+                if not token_prompts:  # a refused token-id prompt (llama-cpp-python's: a 500) is retried as text
+                    raise ServerError(f"the server at {self.client.root} cannot score prompts: {error}") from None
+        raise AssertionError("unreachable: text prompts return or raise")
 
 
 def _unless_stopped(call: Callable[[_T, RunContext], object], item: _T, context: RunContext) -> object:

@@ -37,19 +37,19 @@ class JsonClient:
         self.retries = retries
         self.backoff_s = backoff_s
 
-    def post(self, path: str, body: dict, context: RunContext | None = None) -> Any:
-        return self._call("POST", path, body, context)
+    def post(self, path: str, body: dict, context: RunContext | None = None, retries: int | None = None) -> Any:
+        return self._call("POST", path, body, context, self.retries if retries is None else retries)
 
     def get(self, path: str, context: RunContext | None = None) -> Any:
-        return self._call("GET", path, None, context)
+        return self._call("GET", path, None, context, self.retries)
 
-    def _call(self, method: str, path: str, body: dict | None, context: RunContext | None) -> Any:
+    def _call(self, method: str, path: str, body: dict | None, context: RunContext | None, retries: int) -> Any:
         url = self.root + path
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             timeout = self._time_left(context)
             request = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
@@ -57,13 +57,13 @@ class JsonClient:
                     return json.loads(response.read() or b"null")
             except urllib.error.HTTPError as error:
                 detail = _detail(error)
-                if error.code not in RETRIED_STATUSES or attempt == self.retries:
+                if error.code not in RETRIED_STATUSES or attempt == retries:
                     raise ServerError(f"{method} {url}: HTTP {error.code}: {detail}", error.code) from None
                 wait = _retry_after(error) or self.backoff_s * 2**attempt
             except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
                 if context is not None and context.stopped():
                     raise Cancelled("cancelled while waiting for the server") from None
-                if attempt == self.retries:
+                if attempt == retries:
                     raise ServerError(f"{method} {url}: {getattr(error, 'reason', error)}") from None
                 wait = self.backoff_s * 2**attempt
             self._sleep(wait * (1 + 0.25 * random.random()), context)

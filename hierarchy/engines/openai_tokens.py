@@ -3,7 +3,9 @@
 Two server dialects are spoken: vLLM's and SGLang's `/tokenize` and `/detokenize`, and
 llama-cpp-python's `/extras/tokenize` and `/extras/detokenize` (which always add the
 model's BOS: what `bos` is for). The first that answers is used. A token's piece (for
-character offsets and per-token columns) is its detokenised text, asked once per token.
+character offsets and per-token columns) is its detokenised text, asked once per token;
+a token that is part of a UTF-8 character has none a server can send, and gets an empty
+span. A local tokenizer gives exact offsets.
 """
 from __future__ import annotations
 
@@ -37,18 +39,30 @@ class ServerTokenizer:
             return ids[len(self.bos) :]
         return ids
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], retries: int | None = None) -> str:
         if self.local is not None:
             return str(self.local.decode(ids, skip_special_tokens=True))
         if self.dialect == "vllm":
-            return str(self.client.post("/detokenize", {"model": self.model, "tokens": ids})["prompt"])
-        return str(self.client.post(DIALECTS["llama-cpp-python"][1], {"model": self.model, "tokens": ids})["text"])
+            return str(self.client.post("/detokenize", {"model": self.model, "tokens": ids}, retries=retries)["prompt"])
+        return str(self.client.post(DIALECTS["llama-cpp-python"][1], {"model": self.model, "tokens": ids}, retries=retries)["text"])
+
+    def offsets(self, text: str, special: bool) -> tuple[list[int], list[tuple[int, int]]] | None:
+        """A local tokenizer's ids and character spans; None when tokens come from the server."""
+        if self.local is None:
+            return None
+        encoded = self.local(text, add_special_tokens=special, return_offsets_mapping=True)
+        return list(encoded["input_ids"]), [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
 
     def piece(self, token: int) -> bytes:
         with self._lock:
             known = self._pieces.get(token)
         if known is None:
-            known = self.decode([token]).encode("utf-8") if token not in self.bos else b""
+            try:
+                known = self.decode([token], retries=0).encode("utf-8") if token not in self.bos else b""
+            except ServerError as error:
+                if error.status is None or error.status < 500:
+                    raise
+                known = b""  # part of a UTF-8 character: the server cannot send it as text
             with self._lock:
                 self._pieces[token] = known
         return known
