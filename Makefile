@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast test-floor lint install proto bench docs clean
+.PHONY: demo test test-fast test-floor lint install proto bench bench-shapiq docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,5 +67,17 @@ bench: install
 	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[bench]"
 	$(BIN)/python -m bench.estimators_vs_shapiq --quick
 
+# LongSHAP's estimators against every Shapley approximator of shapiq >= 1.8, which needs Python >= 3.12:
+# a venv of its own, without torch (the estimators and this benchmark need only NumPy). xgboost and
+# LightGBM are the proxies of shapiq's ProxySHAP, RegressionMSR and ProxySPEX.
+SHAPIQ_VENV ?= .venv-shapiq
+SHAPIQ_PYTHON ?= python3.12
+BENCH_ARGS ?=
+bench-shapiq:
+	test -x $(SHAPIQ_VENV)/bin/python || $(SHAPIQ_PYTHON) -m venv $(SHAPIQ_VENV)
+	$(SHAPIQ_VENV)/bin/python -m pip install -q "shapiq>=1.8" xgboost-cpu lightgbm
+	$(SHAPIQ_VENV)/bin/python -m pip install -q --no-deps -e .
+	OMP_NUM_THREADS=1 $(SHAPIQ_VENV)/bin/python -m bench.estimators_vs_shapiq $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info
+	rm -rf $(VENV) $(FLOOR_VENV) $(SHAPIQ_VENV) build *.egg-info

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Sequence
-
-import torch
 
 from longshap.hierarchy.results import json_safe
 
@@ -38,7 +37,15 @@ def write_json(path: Path | None, figures: dict) -> None:
 
 
 def machine() -> str:
-    """The hardware behind the figures: bfloat16 ran 2.7x faster than float32 on one CPU and 1.5x on another."""
+    """The hardware behind the figures: bfloat16 ran 2.7x faster than float32 on one CPU and 1.5x on another.
+
+    torch is imported here, not at the top, so the NumPy-only benchmarks also run where it is not
+    installed (bench.estimators_vs_shapiq runs under Python 3.12 for shapiq >= 1.5, without torch).
+    """
+    try:
+        import torch
+    except ImportError:
+        return f"{_cpu()}, {os.cpu_count()} cores, no torch, Python {platform.python_version()}"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu()
     return f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 

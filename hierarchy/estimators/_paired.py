@@ -207,8 +207,10 @@ class PairedDesign(Sampler):
 
     Games with outer contexts (Owen subgames) draw a context per sample group, which
     strata enumeration cannot serve: those go to `kernel` (the result's `method` says
-    so). A one-player game is exact. Otherwise the fit is redone after every batch,
-    for progress reports and to stop at `target_stderr`.
+    so). A one-player game is exact. Otherwise the fit is redone after every batch
+    when someone is told of it (progress reports, or a `target_stderr` to stop at);
+    with neither only the last batch is fitted, which matters for fits that select
+    terms or cross-fit (`odd`, `proxy`).
     """
 
     def minimum_budget(self, n_players: int) -> int:
@@ -231,11 +233,18 @@ class PairedDesign(Sampler):
         if game.n_players == 1:
             return one_player(game, context, start, self.name)
         state = self.prepare(game.n_players, rng)
+        watched = progress is not None or target_stderr is not None
+        fitted: PairedSample | None = None
         for data in paired_batches(game, budget, rng, context):
+            if not watched:
+                continue
             values, stderr = self.fit(data, state)
+            fitted = data
             report(progress, game.evaluations - start, budget, values, stderr)
             if done(stderr, target_stderr, len(data.strata)):
                 break
+        if fitted is not data:
+            values, stderr = self.fit(data, state)
         return Estimate(
             values, stderr, game.evaluations - start, self.name,
             samples=len(data.strata), extras={"enumerated_sizes": data.enumerated, **self.extras(data, state)},

@@ -16,6 +16,8 @@ residuals it corrects (cross-fitting).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import comb
+from typing import Callable
 
 import numpy as np
 
@@ -55,16 +57,20 @@ def _linear_share(theta: np.ndarray, size: int, n: int) -> np.ndarray:
 
 
 @dataclass
-class _Surrogate:
-    """d_f(x) = x.theta + sum_a c_a tanh(a x.index): linear plus an odd single-index correction.
+class Surrogate:
+    """d_f(x) = x.theta + sum_T beta_T chi_T(x) + sum_a c_a tanh(a x.index): linear, odd parities, odd single index.
 
-    Its Shapley values are known: the linear part's are theta, and the single-index part's
-    stratum means are computed from pairs the game never sees.
+    Its Shapley values are known: the linear part's are theta, the parities' stratum means
+    are in closed form (`parity_share`), and the single-index part's are computed from pairs
+    the game never sees. `regression_adjusted` fits no parities; `proxy` does.
     """
 
     theta: np.ndarray
     index: np.ndarray | None = None
     coefs: np.ndarray | None = None
+    terms: np.ndarray | None = None
+    """Odd parities chi_T as rows of player indices, all of one order; None for none."""
+    beta: np.ndarray | None = None
 
     def nonlinear(self, x: np.ndarray) -> np.ndarray:
         if self.index is None or self.coefs is None:
@@ -72,10 +78,39 @@ class _Surrogate:
         return np.tanh(np.outer(x @ self.index, SLOPES)) @ self.coefs
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.theta + self.nonlinear(x)
+        linear = x @ self.theta + self.nonlinear(x)
+        if self.terms is None or self.beta is None or len(self.terms) == 0:
+            return linear
+        return linear + np.prod(x[:, self.terms], axis=2) @ self.beta
 
 
-def _fit_surrogate(x: np.ndarray, y: np.ndarray, weights: np.ndarray, prior: float) -> _Surrogate:
+def _alternating(population: int, drawn: int, order: int) -> float:
+    """E[prod of x_j over `order` fixed players] when `drawn` of `population` players are in (x = +1), the rest out."""
+    return sum(
+        comb(order, k) * comb(population - order, drawn - k) * (-1) ** (order - k) for k in range(max(0, drawn - population + order), min(order, drawn) + 1)
+    ) / comb(population, drawn)
+
+
+def parity_share(surrogate: "Surrogate", size: int, n: int) -> np.ndarray:
+    """Stratum mean of kappa_i(S) sum_T beta_T chi_T(x(S)) over the coalitions of size `size`, in closed form.
+
+    Conditioning on whether i is in S (probability t/n) leaves a uniform draw of the other
+    players: E[kappa_i chi_T] = (E[chi_T | i in] + E[chi_T | i out]) / n for i in T and
+    (E[chi_T | i in] - E[chi_T | i out]) / n otherwise, each a hypergeometric sum; halved for
+    t = n/2, as kappa is.
+    """
+    share = np.zeros(n)
+    if surrogate.terms is None or surrogate.beta is None or len(surrogate.terms) == 0:
+        return share
+    order = surrogate.terms.shape[1]
+    inside = (_alternating(n - 1, size - 1, order - 1) + _alternating(n - 1, size, order - 1)) / n
+    outside = (_alternating(n - 1, size - 1, order) - _alternating(n - 1, size, order)) / n
+    np.add.at(share, surrogate.terms.ravel(), np.repeat(surrogate.beta, order) * (inside - outside))
+    share += outside * surrogate.beta.sum()
+    return share / 2 if 2 * size == n else share
+
+
+def _fit_surrogate(x: np.ndarray, y: np.ndarray, weights: np.ndarray, prior: float) -> Surrogate:
     """Weighted least squares of d on x, then on x plus tanh features of the fitted index.
 
     The linear fit is unpenalised where it is determined (so games whose d is linear in x,
@@ -87,21 +122,21 @@ def _fit_surrogate(x: np.ndarray, y: np.ndarray, weights: np.ndarray, prior: flo
     root = np.sqrt(weights)
     theta = prior + np.linalg.lstsq(x * root[:, None], root * (y - x.sum(axis=1) * prior), rcond=None)[0]
     if m <= n + len(SLOPES):
-        return _Surrogate(theta)
+        return Surrogate(theta)
     u = x @ theta
     rms = np.sqrt(np.sum(weights * u**2) / np.sum(weights))
     if not rms > 0:
-        return _Surrogate(theta)
+        return Surrogate(theta)
     index = theta / rms
     features = np.tanh(np.outer(u / rms, SLOPES))
     design = np.hstack([x, features]) * root[:, None]
     penalty = np.sqrt(RIDGE * np.sum(design[:, n:] ** 2) / len(SLOPES))
     augmented = np.vstack([design, np.hstack([np.zeros((len(SLOPES), n)), penalty * np.eye(len(SLOPES))])])
     solution = np.linalg.lstsq(augmented, np.concatenate([root * y, np.zeros(len(SLOPES))]), rcond=None)[0]
-    return _Surrogate(solution[:n], index, solution[n:])
+    return Surrogate(solution[:n], index, solution[n:])
 
 
-class _ReferencePairs:
+class ReferencePairs:
     """Pairs per stratum on which the surrogates' stratum means are computed: all of them, or a large sample."""
 
     def __init__(self, n: int, rng: np.random.Generator) -> None:
@@ -120,7 +155,13 @@ class _ReferencePairs:
         return self.cache[size]
 
 
-def _estimate(data: PairedSample, reference: _ReferencePairs) -> tuple[np.ndarray, np.ndarray]:
+SurrogateFit = Callable[[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray], Surrogate]
+"""(x, d, weights, prior, strata of the pairs) -> fitted surrogate; the default ignores the strata."""
+
+
+def estimate_adjusted(
+    data: PairedSample, reference: ReferencePairs, fit: SurrogateFit | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Cross-fitted regression-adjusted values (n, k) and their standard errors.
 
     Pairs of each sampled stratum are dealt to up to FOLDS folds in draw order (the order is
@@ -174,14 +215,19 @@ def _estimate(data: PairedSample, reference: _ReferencePairs) -> tuple[np.ndarra
             train = ~in_sample | (folds != fold)
             train_counts = {s: int(np.sum(train & (data.strata == s))) for s in counts}
             weights = np.array([kernel_weight(n, s) / train_counts[s] for s in data.strata[train]])
-            surrogates.append(_fit_surrogate(x[train], d[train], weights, prior) if np.any(train) else _Surrogate(np.full(n, prior)))
+            if not np.any(train):
+                surrogates.append(Surrogate(np.full(n, prior)))
+            elif fit is None:
+                surrogates.append(_fit_surrogate(x[train], d[train], weights, prior))
+            else:
+                surrogates.append(fit(x[train], d[train], weights, prior, data.strata[train]))
         for s in sampled:
             rows = np.flatnonzero(data.strata == s)
             population = stratum_size(n, s)
             present = sorted(set(folds[rows].tolist()))
             used = [surrogates[k] for k in present] if present else surrogates
             mean_theta = np.mean([f.theta for f in used], axis=0)
-            share = _linear_share(mean_theta, s, n)
+            share = _linear_share(mean_theta, s, n) + np.mean([parity_share(f, s, n) for f in used], axis=0)
             if any(f.index is not None for f in used):
                 pairs, whole = reference.get(s, len(sampled))
                 kappa_ref = _kappa(pairs, s, n)
@@ -235,7 +281,7 @@ class RegressionAdjusted(PairedDesign):
     saturation of sigmoid-like value functions (log-probabilities, thresholds) that a
     linear surrogate leaves in the residual. Its stratum means are exact for the linear
     part and computed on pairs the game never sees for the rest; the residual is
-    estimated by Monte Carlo, cross-fitted over FOLDS folds (see `_estimate`). The values
+    estimated by Monte Carlo, cross-fitted over FOLDS folds (see `estimate_adjusted`). The values
     sum to v(N) - v(empty) exactly (every kappa row sums to zero).
 
     Games with outer contexts (Owen subgames) go to `kernel`, as with `leverage`: strata
@@ -243,12 +289,12 @@ class RegressionAdjusted(PairedDesign):
     Budget and batches as `leverage`: 2 + 2 * pairs evaluations, at least one pair.
     """
 
-    def prepare(self, n: int, rng: np.random.Generator) -> "_ReferencePairs":
-        return _ReferencePairs(n, rng)
+    def prepare(self, n: int, rng: np.random.Generator) -> "ReferencePairs":
+        return ReferencePairs(n, rng)
 
     def fit(self, data: PairedSample, state: object) -> tuple[np.ndarray, np.ndarray]:
-        assert isinstance(state, _ReferencePairs)
-        return _estimate(data, state)
+        assert isinstance(state, ReferencePairs)
+        return estimate_adjusted(data, state)
 
     def extras(self, data: PairedSample, state: object) -> dict:
         return {"folds": FOLDS}

@@ -38,7 +38,7 @@ def test_student_scale_is_inf_without_degrees_of_freedom():
 
 @pytest.mark.parametrize("game", [CUBIC, log_sigmoid], ids=["cubic", "log-sigmoid"])
 @pytest.mark.parametrize("multiple", [2, 5])
-@pytest.mark.parametrize("method", ["permutation", "kernel", "leverage", "auto", "banzhaf", "banzhaf_ls", "regression_adjusted", "kadd"])
+@pytest.mark.parametrize("method", ["permutation", "kernel", "leverage", "auto", "banzhaf", "banzhaf_ls", "regression_adjusted", "kadd", "proxy"])
 def test_two_stderr_coverage_is_nominal(method, multiple, game):
     truth = _exact(game, method)
     results = [estimate(game, 10, method, budget=multiple * 10, seed=seed) for seed in range(40)]
@@ -75,7 +75,7 @@ def test_permutation_coverage_on_a_voting_game_with_rare_swings():
 
 @pytest.mark.parametrize("game", [CUBIC, log_sigmoid], ids=["cubic", "log-sigmoid"])
 @pytest.mark.parametrize("multiple", [20, 50])
-@pytest.mark.parametrize("method", ["leverage", "regression_adjusted"])
+@pytest.mark.parametrize("method", ["leverage", "regression_adjusted", "proxy"])
 def test_two_stderr_coverage_where_strata_are_largely_sampled(method, multiple, game):
     # At 50n half of the 1024 coalitions are drawn. regression_adjusted once summed its
     # cross-fitting folds' variances as if the fold estimates were independent, missing

@@ -8,7 +8,7 @@ from longshap.hierarchy.estimators import ESTIMATORS, estimate, get_estimator
 from longshap.hierarchy.games import FunctionGame, MemoisedGame
 from synthetic_games import additive
 
-METHODS = ["exact", "permutation", "kernel", "leverage", "auto", "banzhaf", "banzhaf_ls", "loo", "regression_adjusted", "kadd"]
+METHODS = ["exact", "permutation", "kernel", "leverage", "auto", "banzhaf", "banzhaf_ls", "loo", "regression_adjusted", "kadd", "odd", "proxy"]
 
 
 def test_all_methods_are_registered():

@@ -8,9 +8,9 @@ from longshap.hierarchy.estimators import Progress, estimate, get_estimator
 from longshap.hierarchy.games import FunctionGame, MemoisedGame
 from synthetic_games import Counting, GrowingAnswers, Interaction, additive, two_columns, voting
 
-SAMPLERS = ["permutation", "kernel", "leverage", "auto", "banzhaf", "banzhaf_ls", "loo", "regression_adjusted", "kadd"]
-# regression_adjusted's surrogate is fitted nonlinearly, by design; auto runs it at 30n.
-LINEAR = [m for m in SAMPLERS if m not in ("regression_adjusted", "auto")]
+SAMPLERS = ["permutation", "kernel", "leverage", "auto", "banzhaf", "banzhaf_ls", "loo", "regression_adjusted", "kadd", "odd", "proxy"]
+# regression_adjusted's and proxy's surrogates are fitted nonlinearly, and odd selects terms, by design; auto runs them from 6n.
+LINEAR = [m for m in SAMPLERS if m not in ("regression_adjusted", "auto", "odd", "proxy")]
 ALL = ["exact", *SAMPLERS]
 CUBIC = Interaction(10, seed=7, cubic=0.3)
 
@@ -20,7 +20,7 @@ def _total(value_fn, n: int) -> np.ndarray:
     return ends[1] - ends[0]
 
 
-@pytest.mark.parametrize("method", ["permutation", "kernel", "regression_adjusted", "kadd"])
+@pytest.mark.parametrize("method", ["permutation", "kernel", "regression_adjusted", "kadd", "odd", "proxy"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_efficiency_holds_exactly(method, seed):
     value_fn = two_columns(CUBIC, voting([4, 3, 3, 2, 2, 2, 1, 1, 1, 1], quota=10))
@@ -28,7 +28,7 @@ def test_efficiency_holds_exactly(method, seed):
     np.testing.assert_allclose(result.values.sum(axis=0), _total(value_fn, 10), atol=1e-9)
 
 
-@pytest.mark.parametrize("method", ["permutation", "kernel", "regression_adjusted", "kadd"])
+@pytest.mark.parametrize("method", ["permutation", "kernel", "regression_adjusted", "kadd", "odd", "proxy"])
 def test_antithetic_and_paired_sampling_are_exact_for_pairwise_games(method):
     game = Interaction(9, seed=8)
     result = estimate(game, 9, method, budget=60, seed=3)
@@ -110,7 +110,7 @@ def test_memoisation_never_repeats_a_coalition(method):
 def test_growing_columns_are_padded_like_a_game_with_all_columns_known(method):
     growing = GrowingAnswers([1, 2, 4, 8, 16, 32, 64, 128])  # every coalition its own answer: k grows every call
     # Several calls, even with 8 pairs per call; leverage would enumerate all 2**8 coalitions at once at 600.
-    budget = 150 if method in ("leverage", "auto", "regression_adjusted", "kadd") else 600
+    budget = 150 if method in ("leverage", "auto", "regression_adjusted", "kadd", "odd", "proxy") else 600
     grown = estimate(growing, 8, method, budget=budget, seed=4)
     assert grown.values.shape == grown.stderr.shape == (8, len(growing.columns))
     if method not in ("exact", "loo"):  # these make a single call
