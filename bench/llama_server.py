@@ -1,4 +1,9 @@
-"""llama-cpp-python's OpenAI-compatible server, started on a free 127.0.0.1 port for the tests that need a real one."""
+"""llama-cpp-python's OpenAI-compatible server on a free 127.0.0.1 port: the real peer of the openai engine's tests and benchmark.
+
+It is started through a short launcher that turns llama.cpp's extra buffer types
+(repacked kernels) off where llama.cpp was built with AMX kernels, which crash, as the
+llamacpp engine does; the server itself has no option for it.
+"""
 from __future__ import annotations
 
 import socket
@@ -19,13 +24,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+LAUNCH = (
+    "import sys, llama_cpp.llama_cpp as lc\n"
+    "from longshap.hierarchy.engines.llamacpp_model import built_with_amx\n"
+    "default = lc.llama_model_default_params\n"
+    "def params():\n"
+    "    chosen = default(); chosen.use_extra_bufts = not built_with_amx(); return chosen\n"
+    "lc.llama_model_default_params = params\n"
+    "from llama_cpp.server.__main__ import main\n"
+    "sys.argv = ['llama_cpp.server', *sys.argv[1:]]\n"
+    "main()\n"
+)
+
+
 @contextmanager
-def start_llama_server(gguf: Path, folder: Path, *options: str) -> Iterator[str]:
-    """Yield the server's base URL (http://127.0.0.1:PORT/v1) once it answers; stop it afterwards."""
+def start_llama_server(gguf: Path, folder: Path, *options: str, threads: int = 1) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Yield the server's base URL (http://127.0.0.1:PORT/v1) and process once it answers; stop it afterwards."""
     port = free_port()
     log = folder / f"llama-server-{port}.log"
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-               "--n_ctx", "2048", "--n_threads", "1", "--verbose", "false", *options]
+    command = [sys.executable, "-c", LAUNCH, "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+               "--n_ctx", "2048", "--n_threads", str(threads), "--verbose", "false", *options]
     with open(log, "w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
@@ -38,7 +56,7 @@ def start_llama_server(gguf: Path, folder: Path, *options: str) -> Iterator[str]
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"llama_cpp.server did not start: {log.read_text()[-2000:]}") from None
                 time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}/v1", server
     finally:
         server.terminate()
         try:

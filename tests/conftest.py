@@ -59,9 +59,9 @@ def llamacpp_engine(tiny_gguf):
 @pytest.fixture(scope="session")
 def llama_server(tiny_gguf, tmp_path_factory):
     """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 running the tiny GGUF, with prompt log-probabilities on."""
-    from llama_servers import start_llama_server
+    from bench.llama_server import start_llama_server
 
-    with start_llama_server(tiny_gguf, tmp_path_factory.mktemp("llama-server"), "--logits_all", "true") as url:
+    with start_llama_server(tiny_gguf, tmp_path_factory.mktemp("llama-server"), "--logits_all", "true") as (url, _):
         yield url
 
 

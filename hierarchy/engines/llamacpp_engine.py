@@ -48,7 +48,7 @@ class LlamaCppEngine:
     ) -> None:
         """`threads`: llama.cpp's threads (default: every CPU); `kv_cells`: KV positions held at once, a batch's rows
         and prefix together (a prompt longer than that is refused); `repack`: llama.cpp's repacked CPU kernels
-        (default: on, except on CPUs that report AMX, where they crashed)."""
+        (default: on, except where llama.cpp was built with AMX kernels, which crashed)."""
         if max_batch_tokens >= kv_cells:
             raise ValueError(f"max_batch_tokens ({max_batch_tokens}) must be below kv_cells ({kv_cells})")
         self.name = name or Path(path).name

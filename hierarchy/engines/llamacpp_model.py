@@ -26,13 +26,9 @@ if LLAMA_LOG.level == logging.NOTSET:
     LLAMA_LOG.setLevel(logging.ERROR)
 
 
-def cpu_reports_amx() -> bool:
-    """Whether this CPU advertises AMX, where ggml's repacked AMX kernels crashed with a segmentation fault."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return any(line.startswith("flags") and "amx_tile" in line for line in info)
-    except OSError:
-        return False
+def built_with_amx() -> bool:
+    """Whether this llama.cpp uses AMX kernels (built for a CPU that has them): they crashed with a segmentation fault here."""
+    return b"AMX_INT8 = 1" in (lc.llama_print_system_info() or b"")
 
 
 class LlamaCppModel:
@@ -54,7 +50,7 @@ class LlamaCppModel:
         lc.llama_backend_init()
         model_params = lc.llama_model_default_params()
         # Repacked (extra buffer type) kernels are llama.cpp's fastest on CPUs, but the AMX ones crashed.
-        model_params.use_extra_bufts = (not cpu_reports_amx()) if repack is None else repack
+        model_params.use_extra_bufts = (not built_with_amx()) if repack is None else repack
         self.model = lc.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
             raise ValueError(f"{path}: llama.cpp could not load it as a GGUF model")

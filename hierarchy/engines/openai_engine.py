@@ -193,7 +193,7 @@ class OpenAIEngine:
 
     def _probe(self) -> bool:
         """Whether the server takes token-id prompts (else text); fails now if it returns no prompt log-probabilities."""
-        probe_ids = self.encode("Hello")
+        probe_ids = self.encode("The capital of France is Paris")
         for token_prompts in (True, False):
             self.token_prompts = token_prompts
             try:

@@ -1,4 +1,4 @@
-"""JSON over HTTP to an OpenAI-compatible server: bearer key, per-call deadline, retries with backoff on 429 and 5xx.
+"""JSON over HTTP to an OpenAI-compatible server: bearer key, per-call deadline, retries with backoff on 429, 5xx and refused connections.
 
 Standard library only, so the openai engine adds no dependency. A call never outlives
 its run's deadline: each attempt's timeout is what is left of it, and a run that
@@ -60,9 +60,16 @@ class JsonClient:
                 if error.code not in RETRIED_STATUSES or attempt == retries:
                     raise ServerError(f"{method} {url}: HTTP {error.code}: {detail}", error.code) from None
                 wait = _retry_after(error) or self.backoff_s * 2**attempt
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+            except TimeoutError:
                 if context is not None and context.stopped():
                     raise Cancelled("cancelled while waiting for the server") from None
+                # Sending it again would only queue the same work behind the unfinished copy.
+                raise ServerError(f"{method} {url}: no answer within {timeout:.3g} s (timeout_s)") from None
+            except (urllib.error.URLError, ConnectionError) as error:
+                if context is not None and context.stopped():
+                    raise Cancelled("cancelled while waiting for the server") from None
+                if isinstance(getattr(error, "reason", None), TimeoutError):
+                    raise ServerError(f"{method} {url}: no answer within {timeout:.3g} s (timeout_s)") from None
                 if attempt == retries:
                     raise ServerError(f"{method} {url}: {getattr(error, 'reason', error)}") from None
                 wait = self.backoff_s * 2**attempt

@@ -58,11 +58,11 @@ def llamacpp_offsets(model_dir, text):
 
 
 def test_a_server_without_prompt_logprobs_is_refused_at_start(tiny_gguf, tmp_path):
-    from llama_servers import start_llama_server
+    from bench.llama_server import start_llama_server
     from longshap.hierarchy.engines.openai_engine import OpenAIEngine
     from longshap.hierarchy.engines.openai_http import ServerError
 
-    with start_llama_server(tiny_gguf, tmp_path, "--logits_all", "false") as url:
+    with start_llama_server(tiny_gguf, tmp_path, "--logits_all", "false") as (url, _):
         with pytest.raises(ServerError, match="no prompt log-probabilities.*--logits_all true"):
             OpenAIEngine(url)
 
@@ -177,3 +177,18 @@ def test_retries_stop_at_the_runs_deadline():
         with pytest.raises(Cancelled):
             client.post("/v1/completions", {}, RunContext(deadline=time.monotonic() + 0.5))
         assert time.monotonic() - started < 2.0
+
+
+def test_a_request_left_unanswered_is_not_sent_again():
+    from longshap.hierarchy.engines.openai_http import JsonClient, ServerError
+
+    def respond(handler):
+        time.sleep(0.6)
+        handler.reply(200, {"late": True})
+
+    server = fake_server(respond)
+    with server as url:
+        with pytest.raises(ServerError, match="no answer within 0.2 s"):
+            JsonClient(url, timeout_s=0.2, retries=3).post("/v1/completions", {})
+        time.sleep(0.5)
+    assert len(server.handler.seen) == 1
