@@ -15,16 +15,6 @@ from tiny_models import build_tiny_model_dir
 
 
 @pytest.fixture
-def doc_files(tmp_path):
-    paths = []
-    for doc in DOCUMENTS:
-        path = tmp_path / f"{doc['title']}.txt"
-        path.write_text(doc["text"], encoding="utf-8")
-        paths.append(str(path))
-    return paths
-
-
-@pytest.fixture
 def jsonl(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps(doc) + "\n" for doc in DOCUMENTS), encoding="utf-8")

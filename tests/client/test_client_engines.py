@@ -12,13 +12,8 @@ pytest.importorskip("llama_cpp", reason="the llamacpp extra is not installed (pi
 
 
 @pytest.fixture
-def doc_files(tmp_path):
-    paths = []
-    for doc in DOCUMENTS:
-        path = tmp_path / f"{doc['title']}.txt"
-        path.write_text(doc["text"], encoding="utf-8")
-        paths.append(str(path))
-    return [x for path in paths for x in ("--doc", path)]
+def doc_flags(doc_files) -> list[str]:
+    return [flag for path in doc_files for flag in ("--doc", path)]
 
 
 def _values(explanation: dict) -> list[list[float]]:
@@ -30,24 +25,24 @@ def _explain_json(capsys, argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_local_llamacpp_and_openai_runs_equal_the_engine(tiny_gguf, llamacpp_engine, llama_server, doc_files, capsys):
+def test_local_llamacpp_and_openai_runs_equal_the_engine(tiny_gguf, llamacpp_engine, llama_server, doc_flags, capsys):
     from longshap.hierarchy import Explainer
 
-    common = ["explain", "--local", "--question", QUESTION, *doc_files, "--budget", "12", "--seed", "1", "--target", "Paris", "--json"]
+    common = ["explain", "--local", "--question", QUESTION, *doc_flags, "--budget", "12", "--seed", "1", "--target", "Paris", "--json"]
     expected = Explainer(llamacpp_engine).explain(question=QUESTION, documents=DOCUMENTS, budget=12, seed=1, target="Paris").to_dict()
     local = _explain_json(capsys, [*common, "--engine", "llamacpp", "--model", str(tiny_gguf)])
     remote = _explain_json(capsys, [*common, "--engine", "openai", "--base-url", llama_server])
     assert _values(local) == _values(expected) == _values(remote)
 
 
-def test_served_by_llamacpp_over_grpc(tiny_gguf, doc_files, capsys):
+def test_served_by_llamacpp_over_grpc(tiny_gguf, doc_flags, capsys):
     from longshap.hierarchy import Explainer
     from longshap.server.app import ServerThread
     from longshap.server.config import ServerConfig
 
     explainer = Explainer.from_pretrained(str(tiny_gguf), engine="llamacpp", threads=1)
     with ServerThread(ServerConfig(port=0), {"tiny": explainer}) as server:
-        got = _explain_json(capsys, ["explain", "--server", server.address, "--question", QUESTION, *doc_files, "--budget", "12", "--seed", "1", "--json"])
+        got = _explain_json(capsys, ["explain", "--server", server.address, "--question", QUESTION, *doc_flags, "--budget", "12", "--seed", "1", "--json"])
         assert main(["models", "--server", server.address]) == 0
         assert "tiny (default)  llama" in capsys.readouterr().out
     expected = explainer.explain(question=QUESTION, documents=DOCUMENTS, budget=12, seed=1).to_dict()
@@ -55,8 +50,8 @@ def test_served_by_llamacpp_over_grpc(tiny_gguf, doc_files, capsys):
     explainer.engine.close()
 
 
-def test_gradient_methods_name_the_engine_to_use(tiny_gguf, doc_files, capsys):
-    code = main(["explain", "--local", "--engine", "llamacpp", "--model", str(tiny_gguf), "--question", QUESTION, *doc_files,
+def test_gradient_methods_name_the_engine_to_use(tiny_gguf, doc_flags, capsys):
+    code = main(["explain", "--local", "--engine", "llamacpp", "--model", str(tiny_gguf), "--question", QUESTION, *doc_flags,
                  "--method", "integrated_gradients"])
     assert code != 0
     assert "LlamaCppEngine engine does not offer" in capsys.readouterr().err
