@@ -125,3 +125,19 @@ def test_gradient_methods_run_on_a_replica_with_in_process_values(backend, tiny_
     assert remote.stats["gradient_rows"] == local.stats["gradient_rows"]
     # Replicas keep prefix states across calls, so tokens split differently between forwarded and reused; none is lost.
     assert remote.stats["forward_tokens"] + remote.stats["reused_tokens"] == local.stats["forward_tokens"] + local.stats["reused_tokens"]
+
+
+def test_replicas_run_the_engine_the_front_was_loaded_with(ray_engine, tiny_gguf, llamacpp_engine):
+    """A llama.cpp front gets llama.cpp replicas (`--engine llamacpp --ray`): the same values, no gradients claimed."""
+    from longshap.hierarchy.engines import GRADIENTS, RunContext
+    from longshap.server.ray_backend import RayEngine
+
+    front = Explainer.from_pretrained(str(tiny_gguf), weights=False).engine
+    replicas = RayEngine(front, str(tiny_gguf), replicas=1, load_options={"engine": "auto"})
+    try:
+        rows = [(front.encode(QUESTION), [[5], [7, 9]])]
+        np.testing.assert_allclose(replicas.score(rows, RunContext()), llamacpp_engine.score(rows, RunContext()), atol=2e-4)
+        assert GRADIENTS not in replicas.capabilities
+    finally:
+        replicas.close()
+        front.close()
