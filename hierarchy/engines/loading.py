@@ -56,7 +56,10 @@ def load_engine(
     if given:
         raise ValueError(f"{', '.join(given)}: these apply to the transformers engine, not {engine}")
     if engine == "llamacpp":
-        from longshap.hierarchy.engines.llamacpp_engine import LlamaCppEngine
+        try:
+            from longshap.hierarchy.engines.llamacpp_engine import LlamaCppEngine
+        except ImportError as error:  # the extra is not installed: a usage error, not a crash
+            raise RuntimeError(str(error)) from None
 
         return LlamaCppEngine(gguf_path(model), name=str(model or DEFAULT_MODEL), **{"threads": threads, **(engine_options or {})})
     from longshap.hierarchy.engines.openai_engine import OpenAIEngine

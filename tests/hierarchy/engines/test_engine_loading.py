@@ -45,3 +45,13 @@ def test_llamacpp_needs_a_gguf_and_openai_a_server(tiny_llama_dir):
         load_engine(str(tiny_llama_dir / "config.json"), engine="llamacpp")
     with pytest.raises(ValueError, match="runs the server's model: name it with remote_model"):
         load_engine("some-model", engine="openai", base_url="http://127.0.0.1:1/v1")
+
+
+def test_without_the_extra_llamacpp_is_a_clear_error(tiny_gguf, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    for name in ("longshap.hierarchy.engines.llamacpp_engine", "longshap.hierarchy.engines.llamacpp_model"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(RuntimeError, match=r"needs llama-cpp-python: pip install 'longshap\[llamacpp\]'"):
+        load_engine(str(tiny_gguf), engine="llamacpp")
