@@ -25,6 +25,7 @@ Run from the repository root: `python -m bench.engines [--quick] [--engines NAME
 """
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -37,8 +38,10 @@ import numpy as np
 
 from bench.common import parser, print_table, write_json
 from bench.llama_server import start_llama_server
+from bench.long_context import top_ids
 
 ENGINES = ("transformers-f32", "transformers-bf16", "llamacpp", "openai")
+LOAD_OPTIONS = {"transformers-f32": {"engine": "transformers", "dtype": "float32"}, "transformers-bf16": {"engine": "transformers", "dtype": "bfloat16"}}
 NQ_ROW, DISTRACTORS = 5, 9
 
 
@@ -56,7 +59,7 @@ def child(name: str, target: str | None, quick: bool, threads: int, openai_evalu
         import torch
 
         torch.set_num_threads(threads)
-        options = {"engine": "llamacpp", "threads": threads} if name == "llamacpp" else {"engine": "transformers", "dtype": name.split("-")[1].replace("f32", "float32").replace("bf16", "bfloat16")}
+        options = LOAD_OPTIONS.get(name, {"engine": "llamacpp", "threads": threads})
         started = time.perf_counter()
         explainer = Explainer.from_pretrained(**options)
         figures["startup_s"] = time.perf_counter() - started
@@ -67,10 +70,9 @@ def child(name: str, target: str | None, quick: bool, threads: int, openai_evalu
 
 
 def summary(result) -> dict:
-    top = [max(level.features, key=lambda f: f.value).id for level in result.levels]
     return {
         "answer": result.answer, "wall_s": result.stats["wall_seconds"], "evaluations": result.stats["coalitions"],
-        "forward_tokens": result.stats["forward_tokens"], "top": "/".join(top),
+        "forward_tokens": result.stats["forward_tokens"], "top": "/".join(top_ids(result)),
         "documents": {f.id: f.value for f in result.levels[0].features},
     }
 
@@ -125,9 +127,9 @@ def main() -> None:
     cli.add_argument("--openai-evaluations", type=int, default=1, help="coalitions the openai server scores: the full prompt, then halves (the rest extrapolated)")
     cli.add_argument("--results", type=Path, default=Path(tempfile.gettempdir()) / "longshap-bench-engines", help="where each engine's figures go")
     cli.add_argument("--reuse", action="store_true", help="keep the figures of engines already run with these settings")
-    cli.add_argument("--child", choices=ENGINES, help=argparse_hidden())
-    cli.add_argument("--target", help=argparse_hidden())
-    cli.add_argument("--out", type=Path, help=argparse_hidden())
+    cli.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
+    cli.add_argument("--target", help=argparse.SUPPRESS)
+    cli.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = cli.parse_args()
     if args.child:
         child(args.child, args.target, args.quick, args.threads, args.openai_evaluations, args.out)
@@ -167,12 +169,6 @@ def main() -> None:
         f"{'quick budgets 4(n+1)/level' if args.quick else 'default budgets'}, {args.threads} threads each",
     )
     write_json(args.json, figures)
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -179,6 +179,17 @@ def check_continuations(continuations: Sequence[Sequence[int]]) -> None:
         raise ValueError("every continuation needs at least one token")
 
 
+def score_by_tokens(
+    rows: Sequence[ScoreRow], score_tokens: Callable[[Sequence[TokenRow], RunContext], list[np.ndarray]], context: RunContext,
+) -> list[np.ndarray]:
+    """`Engine.score` for engines that score (prompt, continuation) pairs per token: each continuation's sum, row by row."""
+    for _, continuations in rows:
+        check_continuations(continuations)
+    per_token = score_tokens([(prompt, continuation) for prompt, continuations in rows for continuation in continuations], context)
+    sums = iter([float(np.sum(scores)) for scores in per_token])
+    return [np.array([next(sums) for _ in continuations]) for _, continuations in rows]
+
+
 def wait_for(lock: threading.Lock, context: RunContext) -> None:
     """Take `lock`, giving up with Cancelled as soon as the run should stop."""
     while not lock.acquire(timeout=POLL_S):

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from longshap.hierarchy.engines.base import PREFIX_REUSE, RunContext, ScoreRow, TokenRow, check_continuations, wait_for
+from longshap.hierarchy.engines.base import (
+    PREFIX_REUSE, RunContext, ScoreRow, TokenRow, check_continuations, score_by_tokens, wait_for,
+)
 from longshap.hierarchy.engines.llamacpp_model import LlamaCppModel
 from longshap.hierarchy.engines.planning import common_prefix, plan_batches
 from longshap.hierarchy.engines.text_offsets import piece_offsets
@@ -96,12 +98,7 @@ class LlamaCppEngine:
 
     # ---- the protocol's model calls --------------------------------------------------
     def score(self, rows: Sequence[ScoreRow], context: RunContext) -> list[np.ndarray]:
-        for _, continuations in rows:
-            check_continuations(continuations)
-        sequences = [(list(prompt) + list(c), len(prompt)) for prompt, continuations in rows for c in continuations]
-        per_token = self._score_sequences(sequences, context)
-        sums = iter([float(np.sum(scores)) for scores in per_token])
-        return [np.array([next(sums) for _ in continuations]) for _, continuations in rows]
+        return score_by_tokens(rows, self.score_tokens, context)
 
     def score_tokens(self, rows: Sequence[TokenRow], context: RunContext) -> list[np.ndarray]:
         check_continuations([continuation for _, continuation in rows])
@@ -124,11 +121,8 @@ class LlamaCppEngine:
                         answers[batch[k]].append(chosen[k])
                     if not active or step == max_new_tokens - 1:
                         break
-                    context.check()
                     entries = [(chosen[k], len(prompts[batch[k]]) + step, k + 1, True) for k in active]
-                    stepped = self.model.decode(entries)
-                    context.stats.forward_passes += 1
-                    context.stats.forward_tokens += len(entries)
+                    stepped = self._run(entries, context)
                     context.stats.decode_steps += 1
                     for k, row_logits in zip(active, stepped):
                         chosen[k] = int(np.argmax(row_logits))
@@ -159,7 +153,7 @@ class LlamaCppEngine:
     def _batches(self, rows: Sequence[Sequence[int]], extra_cells: int = 0) -> list[list[int]]:
         """Planned batches (sorted rows sharing prefixes), each within the KV cells with `extra_cells` per row to spare."""
         limit = self.model.kv_cells
-        for index, row in enumerate(rows):
+        for row in rows:
             if len(row) + extra_cells > limit - 1:
                 raise ValueError(f"a prompt of {len(row)} tokens (+{extra_cells} to decode) does not fit the engine's {limit} KV cells (kv_cells)")
         batches = plan_batches(rows, self.max_batch_tokens, self.max_batch_size, self.reuse_prefix, self.reuse_prefix)

@@ -34,12 +34,11 @@ def load_engine(
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; use {', '.join(ENGINES)}")
-    remote = {key: options.pop(key) for key in REMOTE_OPTIONS if options.get(key) is not None}
-    for key in REMOTE_OPTIONS:
-        options.pop(key, None)
+    remote = {key: value for key in REMOTE_OPTIONS if (value := options.pop(key, None)) is not None}
+    # What asks for torch; `weights` is the transformers front's own switch, which the other engines need not honour.
     torch_options = {
         key: value for key, value in options.items()
-        if value is not None and value != TORCH_DEFAULTS.get(key, value) and not (key == "device" and value == "cpu")
+        if value is not None and value != TORCH_DEFAULTS.get(key, value) and key != "weights" and not (key == "device" and value == "cpu")
     }
     if engine == "auto":
         engine = "openai" if remote else _auto(model, draft_model, torch_options)
@@ -51,7 +50,6 @@ def load_engine(
 
         draft = load_model(draft_model, **options) if draft_model is not None else None
         return TransformersEngine(load_model(model, **options), draft=draft, **(engine_options or {}))
-    torch_options.pop("weights", None)
     given = sorted(torch_options) + (["draft_model"] if draft_model is not None else [])
     if given:
         raise ValueError(f"{', '.join(given)}: these apply to the transformers engine, not {engine}")
@@ -70,7 +68,7 @@ def load_engine(
 
 
 def _auto(model: str | os.PathLike | None, draft_model: str | None, torch_options: dict) -> str:
-    if {k: v for k, v in torch_options.items() if k != "weights"} or draft_model is not None or not _is_gguf(model) or importlib.util.find_spec("llama_cpp") is None:
+    if torch_options or draft_model is not None or not _is_gguf(model) or importlib.util.find_spec("llama_cpp") is None:
         return "transformers"
     import torch
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from longshap.hierarchy.engines.base import POLL_S, RunContext, ScoreRow, TokenRow, check_continuations
+from longshap.hierarchy.engines.base import POLL_S, RunContext, ScoreRow, TokenRow, check_continuations, score_by_tokens
 from longshap.hierarchy.engines.openai_http import JsonClient, ServerError
 from longshap.hierarchy.engines.openai_tokens import ServerTokenizer
 from longshap.hierarchy.engines.text_offsets import piece_offsets
@@ -94,11 +94,7 @@ class OpenAIEngine:
 
     # ---- the protocol's model calls --------------------------------------------------
     def score(self, rows: Sequence[ScoreRow], context: RunContext) -> list[np.ndarray]:
-        for _, continuations in rows:
-            check_continuations(continuations)
-        pairs = [(list(prompt), list(c)) for prompt, continuations in rows for c in continuations]
-        sums = iter([float(np.sum(scores)) for scores in self._run(pairs, self._prompt_logprobs, context)])
-        return [np.array([next(sums) for _ in continuations]) for _, continuations in rows]
+        return score_by_tokens(rows, self.score_tokens, context)
 
     def score_tokens(self, rows: Sequence[TokenRow], context: RunContext) -> list[np.ndarray]:
         check_continuations([continuation for _, continuation in rows])
