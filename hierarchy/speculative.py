@@ -132,11 +132,13 @@ def tree_masks(
         allowed[r, :own, shared : shared + own] = causal[None, :] <= causal[:, None]
         allowed[r, width:, : shared + own] = True
         allowed[r, width:, shared + width :] = ancestry
-    first_key = torch.arange(shared + queries, device=device) == 0
-
-    def additive(mask: torch.Tensor) -> torch.Tensor:
-        mask = mask | (~mask.any(-1, keepdim=True) & first_key)  # pad queries see one key: softmax stays finite
-        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)[:, None]
-
     near = (positions[:, :, None] - key_positions[:, None, :]) < window if window is not None else None
-    return positions, additive(allowed), additive(allowed & near) if near is not None else None
+    return positions, additive_mask(allowed, dtype), additive_mask(allowed & near, dtype) if near is not None else None
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, queries, keys) booleans as an additive mask (rows, 1, queries, keys); a query that may see no key
+    (a pad) sees the first one, so its softmax stays finite."""
+    first_key = torch.arange(allowed.shape[-1], device=allowed.device) == 0
+    allowed = allowed | (~allowed.any(-1, keepdim=True) & first_key)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]

@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from longshap.hierarchy.engines.base import (
-    ANSWER_TREE, DRAFT, GRADIENTS, PREFIX_REUSE, CacheScope, Engine, EngineStats, RunContext,
+    ANSWER_TREE, BLEND, DRAFT, GRADIENTS, PREFIX_REUSE, CacheScope, Engine, EngineStats, RunContext,
 )
 from longshap.hierarchy.engines.view import ModelView
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from longshap.hierarchy.engines.hf_engine import TransformersEngine
 
 __all__ = [
-    "ANSWER_TREE", "DRAFT", "GRADIENTS", "PREFIX_REUSE", "CacheScope", "Engine", "EngineStats", "ModelView", "RunContext",
+    "ANSWER_TREE", "BLEND", "DRAFT", "GRADIENTS", "PREFIX_REUSE", "CacheScope", "Engine", "EngineStats", "ModelView", "RunContext",
     "TransformersEngine",
 ]
 

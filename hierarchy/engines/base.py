@@ -22,6 +22,7 @@ import numpy as np
 from longshap.hierarchy.errors import Cancelled
 
 if TYPE_CHECKING:
+    from longshap.hierarchy.engines.blend_plan import BlendPlan
     from longshap.hierarchy.engines.gradient_spec import GradientResult, GradientSpec
     from longshap.hierarchy.speculative import AnswerTree
 
@@ -33,6 +34,8 @@ ANSWER_TREE = "answer_tree"
 """`greedy(..., tree=...)` verifies already-seen answers in one pass instead of decoding them."""
 DRAFT = "draft"
 """A draft model proposes tokens whenever an answer must be decoded."""
+BLEND = "blend"
+"""Scores rows of a run with a `BlendPlan` from per-document KV states, re-encoded for each row's layout."""
 
 ScoreRow = tuple[Sequence[int], Sequence[Sequence[int]]]
 """(prompt ids, continuations): scored as one log-probability per continuation."""
@@ -60,6 +63,8 @@ class EngineStats:
     """Coalitions whose greedy answer was looked up in the answer tree."""
     tree_accepted: int = 0
     """... of which the answer was found in the tree, with no decoding."""
+    blended_rows: int = 0
+    """Rows scored from per-document states blended for their coalition (kv_mode blend)."""
     draft_target_passes: int = 0
     draft_tokens: int = 0
     """Target-model passes and tokens produced while decoding with a draft model."""
@@ -115,6 +120,8 @@ class RunContext:
     """time.monotonic() after which the run stops as if cancelled."""
     stats: EngineStats = field(default_factory=EngineStats)
     cache: CacheScope = field(default_factory=CacheScope)
+    blend: BlendPlan | None = None
+    """Set while a request scores in kv_mode blend: engines with BLEND read documents' states through it."""
 
     def stopped(self) -> bool:
         if self.deadline is not None and time.monotonic() > self.deadline:

@@ -26,9 +26,11 @@ from transformers import DynamicCache
 from longshap.hierarchy.attention import NAME as ATTENTION_NAME, set_checkpoint
 from longshap.hierarchy.engines import hf_decoding, hf_gradients, hf_scoring
 from longshap.hierarchy.engines.base import (
-    ANSWER_TREE, DRAFT, GRADIENTS, PREFIX_REUSE, RunContext, ScoreRow, TokenRow, check_continuations, wait_for,
+    ANSWER_TREE, BLEND, DRAFT, GRADIENTS, PREFIX_REUSE, RunContext, ScoreRow, TokenRow, check_continuations, wait_for,
 )
 from longshap.hierarchy.engines.gradient_spec import GradientResult, GradientSpec
+from longshap.hierarchy.engines.blend_plan import BlendPlan
+from longshap.hierarchy.engines.hf_blend import BlendStates, blend_supported
 from longshap.hierarchy.engines.hf_prefix import PrefixStates
 from longshap.hierarchy.engines.planning import plan_batches
 from longshap.hierarchy.models import LoadedModel
@@ -93,8 +95,10 @@ class TransformersEngine:
             | ({PREFIX_REUSE} if reuse_prefix else set())
             | ({ANSWER_TREE} if self.tree_capable else set())
             | ({DRAFT} if draft is not None else set())
+            | ({BLEND} if blend_supported(self) else set())
         )
         self.prefix = PrefixStates(self)
+        self.blend = BlendStates(self)
         self._lock = threading.Lock()
         if self.model not in _HOOKED:  # several engines may share one model: one set of hooks serves them all
             _HOOKED.add(self.model)
@@ -170,19 +174,21 @@ class TransformersEngine:
     # ---- what the job modules share ---------------------------------------------------
     def map_batches(
         self, rows: Sequence[Sequence[int]], run: Callable[[list[int]], Sequence], context: RunContext,
-        share: bool = True, budget: int | None = None,
+        share: bool = True, budget: int | None = None, blend: BlendPlan | None = None,
     ) -> list:
         """Run `run(batch)` over planned batches and return one result per row, in row order.
 
         A batch that runs out of accelerator memory is split in two and retried, and
         this call's later batches get half the token budget: big inputs slow down
         instead of failing, and later calls start from the engine's budget again.
+        Rows of a `blend` plan (scoring in kv_mode blend) are batched by what a blended pass forwards and reads.
         """
         share = share and self.reuse_prefix
         max_tokens = budget or self.max_batch_tokens
         kept = self.prefix.store(context).max_bytes > 0
         results: list = [None] * len(rows)
-        queue = plan_batches(rows, max_tokens, self.max_batch_size, share, kept)
+        blended = self.blend.plan_batches(rows, blend, max_tokens) if blend is not None else None
+        queue = blended if blended is not None else plan_batches(rows, max_tokens, self.max_batch_size, share, kept)
         while queue:
             context.check()
             batch = queue.pop(0)

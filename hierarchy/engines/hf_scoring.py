@@ -49,7 +49,7 @@ def score_rows(engine: TransformersEngine, rows: Sequence[ScoreRow], context: Ru
         return scores
 
     results = [np.zeros(len(continuations)) for _, continuations in rows]
-    for (row, column, _), value in zip(items, engine.map_batches(sequences, score, context)):
+    for (row, column, _), value in zip(items, engine.map_batches(sequences, score, context, blend=context.blend)):
         if column is None:
             results[row] = value
         else:
@@ -71,11 +71,18 @@ def token_rows(engine: TransformersEngine, rows: Sequence[TokenRow], context: Ru
             scores.append(span.gather(1, target[:, None])[:, 0].double().cpu().numpy())
         return scores
 
-    return engine.map_batches(sequences, score, context)
+    return engine.map_batches(sequences, score, context, blend=context.blend)
 
 
 def last_logprobs(engine: TransformersEngine, rows: Sequence[Sequence[int]], keep: int, context: RunContext) -> torch.Tensor:
-    """Log-softmax over the vocabulary at the last `keep` positions of each row: (rows, keep, vocab)."""
+    """Log-softmax over the vocabulary at the last `keep` positions of each row: (rows, keep, vocab).
+
+    In a run with a blend plan the rows are read from the documents' cached states instead (`hf_blend`).
+    """
+    if context.blend is not None:
+        blended = engine.blend.last_logprobs(rows, keep, context.blend, context)
+        if blended is not None:
+            return blended
     shared = engine.prefix.shared_length(rows, keep, context)
     cache = engine.prefix.batch_cache(rows, shared, context) if shared else None
     suffixes = [row[shared:] for row in rows]

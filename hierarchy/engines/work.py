@@ -15,21 +15,27 @@ if TYPE_CHECKING:
     import numpy as np
 
     from longshap.hierarchy.engines.base import Engine, RunContext, ScoreRow, TokenRow
+    from longshap.hierarchy.engines.blend_plan import BlendPlan
     from longshap.hierarchy.speculative import AnswerTree
 
 
 @dataclass(frozen=True)
 class Work:
-    """Rows of one model call."""
+    """Rows of one model call, with the blend plan of the request they belong to (kv_mode blend)."""
 
     rows: tuple
+    blend: BlendPlan | None = None
 
     def run(self, engine: Engine, context: RunContext) -> list:
         raise NotImplementedError
 
     def merge_key(self) -> object:
-        """Calls with equal keys may share passes; None: never merged."""
-        return type(self)
+        """Calls with equal keys may share passes; None: never merged. Blended rows merge only with their own plan's."""
+        return (type(self), self.blend.key if self.blend is not None else None)
+
+    def context_for(self, context: RunContext) -> RunContext:
+        """The context that runs this call: the caller's (stop flag, stats, cache scope) with this call's blend plan."""
+        return replace(context, blend=self.blend)
 
     def row_tokens(self) -> list[int]:
         """Tokens per row: how merged passes' costs are shared out."""
@@ -51,7 +57,7 @@ class ScoreWork(Work):
     """Rows of (prompt ids, continuations): one log-probability per continuation."""
 
     def run(self, engine: Engine, context: RunContext) -> list:
-        return engine.score(self.rows, context)
+        return engine.score(self.rows, self.context_for(context))
 
     def row_tokens(self) -> list[int]:
         return [len(prompt) * max(1, len(continuations)) + sum(map(len, continuations)) for prompt, continuations in self.rows]
@@ -62,7 +68,7 @@ class TokenWork(Work):
     """Rows of (prompt ids, continuation): per-token log-probabilities."""
 
     def run(self, engine: Engine, context: RunContext) -> list:
-        return engine.score_tokens(self.rows, context)
+        return engine.score_tokens(self.rows, self.context_for(context))
 
     def row_tokens(self) -> list[int]:
         return [len(prompt) + len(continuation) for prompt, continuation in self.rows]
@@ -117,14 +123,14 @@ class WorkEngine:
     def score(self, rows: Sequence[ScoreRow], context: RunContext) -> list[np.ndarray]:
         for _, continuations in rows:  # here, not where merged: one request's bad rows must not fail the others'
             check_continuations(continuations)
-        return self.run_work(ScoreWork(tuple(rows)), context)
+        return self.run_work(ScoreWork(tuple(rows), context.blend), context)
 
     def score_tokens(self, rows: Sequence[TokenRow], context: RunContext) -> list[np.ndarray]:
         check_continuations([continuation for _, continuation in rows])
-        return self.run_work(TokenWork(tuple(rows)), context)
+        return self.run_work(TokenWork(tuple(rows), context.blend), context)
 
     def greedy(self, rows: Sequence[Sequence[int]], max_new_tokens: int, context: RunContext, tree: AnswerTree | None = None) -> list[list[int]]:
-        return self.run_work(GreedyWork(tuple(rows), max_new_tokens, tree), context)
+        return self.run_work(GreedyWork(tuple(rows), max_new_tokens=max_new_tokens, tree=tree), context)
 
     def run_work(self, work: Work, context: RunContext) -> list:
         raise NotImplementedError
