@@ -140,12 +140,23 @@ def terminal_view(explanation: dict, documents: Sequence[dict], colour: bool) ->
         return _ansi(*shade(feature["value"], scales[levels[feature["id"]]]), inner)
 
     lines = [f"answer: {explanation['answer']!r}  (value {explanation['value_function']}, total effect {explanation['total_effect']:+.4f})"]
+    if explanation.get("self_check"):
+        lines.append(blend_summary(explanation["self_check"]))
     for index, feature in ranked_documents(explanation, documents):
         title = documents[index].get("title") or f"document {index}"
         score = f"{feature['value']:+.4f} ± {_stderr(feature['stderr'], _sampled(explanation))}" if feature else ""
         lines.append(f"\n[d{index}] {title}  {score}")
         lines.append("  " + _document_body(explanation, documents, index, wrap, lambda s: s).replace("\n", " "))
     return "\n".join(lines)
+
+
+def blend_summary(check: dict) -> str:
+    """kv_mode blend's self-check in one line: kept or fallen back, and by how much the blend differed."""
+    largest = "unknown" if check.get("max_difference") is None else f"{check['max_difference']:.3g}"
+    mean = "unknown" if check.get("mean_difference") is None else f"{check['mean_difference']:.3g}"
+    outcome = f"fell back to exact: {check['reason']}" if check["fallback"] else "kept"
+    return (f"kv blend ({check['recompute']:g} of each document recomputed) {outcome}; on {check['coalitions']} checked coalitions "
+            f"|blend - exact| / |total effect| was at most {largest}, {mean} on average (tolerance {check['tolerance']:g})")
 
 
 # ---- HTML -----------------------------------------------------------------------------------------------
@@ -260,6 +271,8 @@ def html_report(explanation: dict, documents: Sequence[dict], question: str = ""
         f"value function {explanation['value_function']}, total effect {explanation['total_effect']:+.4f}; "
         f"{stats.get('evaluations', 0)} evaluations, {stats.get('forward_tokens', 0)} forwarded tokens, {stats.get('wall_seconds', 0):.1f} s"
     )
+    if explanation.get("self_check"):
+        meta += "; " + blend_summary(explanation["self_check"])
     completeness = (explanation.get("extras") or {}).get("gradients", {}).get("completeness")
     if completeness:
         check = completeness.get("sequence") or {"attribution_sum": completeness["attribution_sum"][0],

@@ -22,6 +22,8 @@ from longshap.hierarchy.estimators.base import WithinBudget
 from longshap.hierarchy.expansion import choose_expansions, importance, split_budget
 from longshap.hierarchy.request import ExplainRequest, RequestError
 from longshap.hierarchy.games import MemoisedGame, pad_columns
+from longshap.hierarchy.kv_blend import SelfCheck, check_engine, start_blend
+from longshap.hierarchy.prompt import QAPrompt
 from longshap.hierarchy.gradients import UNSIGNED_METHODS, TokenAttributions, is_gradient_method
 from longshap.hierarchy.results import (
     AnswerEvent,
@@ -62,6 +64,8 @@ class _Run:
     """Adaptive allocation (None: every game spends its budget in one run)."""
     gradients: TokenAttributions | None = None
     """Token attributions of a gradient method, computed once and summed onto every level's units."""
+    self_check: SelfCheck | None = None
+    """kv_mode blend: the check that kept it on or turned it off."""
 
 
 class Explainer:
@@ -158,7 +162,10 @@ class Explainer:
             raise TypeError(f"give a prepared ExplainRequest or its options, not both (got {sorted(options)})")
         if is_gradient_method(request.method) and GRADIENTS not in self.engine.capabilities:
             raise RequestError("method", f"{request.method} needs the model's gradients, which the {type(self.engine).__name__} engine does not offer")
-        return self._stream(request, on_progress, self.model_view(should_stop, deadline))
+        view = self.model_view(should_stop, deadline)
+        if request.kv_mode == "blend":
+            check_engine(view)
+        return self._stream(request, on_progress, view)
 
     def _stream(self, request: ExplainRequest, on_progress, view: ModelView) -> Iterator:
         started = time.perf_counter()
@@ -172,13 +179,17 @@ class Explainer:
         yield answer_event
         value_fn = build_value_function(request.value, view, replace(target_spec, speculative=request.speculative))
         game = RequestGame(lambda absent: prompt.render(tree, absent), value_fn, stop)
+        self_check = None
+        if request.kv_mode == "blend":
+            assert isinstance(prompt, QAPrompt), "the request's rules refuse blend for classification"
+            self_check = start_blend(view, prompt, tree, game, value_fn, request)
         top_units = frozenset(tree.expand(ROOT, "document"))
         full_value, empty_value = game.values([frozenset(), top_units])
         gradients = self._gradients(view, prompt, tree, value_fn, request) if is_gradient_method(request.method) else None
         yield from self._levels(
             _Run(
                 request, view, tree, game, value_fn, _as_row(full_value), _as_row(empty_value), on_progress, started,
-                answer_event, request.allocation, gradients,
+                answer_event, request.allocation, gradients, self_check,
             )
         )
 
@@ -426,6 +437,7 @@ class Explainer:
             total_effect=full - empty, full_value=full, empty_value=empty,
             label_probabilities=run.answer_event.label_probabilities, answers=answers,
             answer_tokens=getattr(value_fn, "token_columns", None), extras=extras,
+            self_check=run.self_check.as_dict() if run.self_check is not None else None,
         )
 
 

@@ -37,6 +37,10 @@ SDPA_BLOCKED = "sdpa_blocked"
 ATTENTION_IMPLEMENTATIONS = (SDPA_BLOCKED, "sdpa", "eager", "flash_attention_2")
 """The attention kernels a model may be loaded with, besides `auto`."""
 
+KV_MODES = ("exact", "blend")
+"""How coalitions' prompts reach the model (`hierarchy.kv_blend`)."""
+DEFAULT_BLEND_RECOMPUTE = 0.15
+MAX_BLEND_CHECKS = 64
 _WRITTEN_BOUNDS: dict[float, str] = {INT32_MAX: "2^31-1", MAX_SEED: "2^63-1"}
 _INTEGERS: dict[float | None, str] = {0: "a non-negative integer", 1: "a positive integer"}
 
@@ -186,5 +190,15 @@ OPTIONS: dict[str, Option] = {option.name: option for option in (
     Option("adaptive", bool, "spend evaluations in rounds, only where an expansion or the top units' order is unsettled", default=False),
     Option("total_budget", int, "model evaluations for all levels together (implies adaptive)", low=1, high=INT32_MAX),
     Option("confidence", float, "confidence at which adaptive calls a decision settled", default=0.95, low=0, high=1, exclusive=True),
+    Option(
+        "kv_mode", str, "exact: every coalition's prompt runs in full; blend: each document's KV states are computed once and "
+        "re-encoded for every coalition, checked against the exact model on a few coalitions", default="exact", choices=KV_MODES,
+    ),
+    Option("blend_recompute", float, "kv_mode blend: share of each document's tokens (its first ones) recomputed in every coalition",
+           default=DEFAULT_BLEND_RECOMPUTE, low=0, high=1),
+    Option("blend_checks", int, "kv_mode blend: random document coalitions valued by both modes to check the blend, besides all and none",
+           default=4, low=0, high=MAX_BLEND_CHECKS),
+    Option("blend_tolerance", float, "kv_mode blend: largest blended-vs-exact difference on the checked coalitions, as a share of "
+           "|v(all) - v(none)|, before the request falls back to exact", default=0.1, low=0),
 )}
 """Every option of an explanation request, by name, in the wire message's order."""

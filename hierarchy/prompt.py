@@ -58,6 +58,19 @@ class QAPrompt:
         """Where each document's text begins in the full prompt: gradient methods map prompt tokens to units by it."""
         return self._render(tree, ())[1]
 
+    def document_spans(self) -> list[tuple[int, int]]:
+        """Each document's span in the full prompt, with the separator before it: what a coalition keeps or drops whole.
+
+        A coalition's prompt is the full prompt with some of these spans cut out, so
+        kv_mode blend caches each span's states once (`hierarchy.kv_blend`).
+        """
+        spans, offset = [], len(self.instruction)
+        for doc in self.documents:
+            head = f"Document (Title: {doc.title}): " if doc.title else "Document: "
+            spans.append((offset, offset + 2 + len(head) + len(doc.text)))
+            offset = spans[-1][1]
+        return spans
+
     def _render(self, tree: FeatureTree, absent: Collection[str]) -> tuple[str, list[int]]:
         blocks, starts = [], []
         offset = len(self.instruction) + 2

@@ -54,6 +54,10 @@ class ExplainRequest:
     """Integrated Gradients' baseline embedding: zero | pad."""
     allocation: Allocation | None = None
     """Adaptive allocation (asked for with adaptive=True or a total_budget); None spends every level's budget."""
+    kv_mode: str = _default("kv_mode")
+    blend_recompute: float = _default("blend_recompute")
+    blend_checks: int = _default("blend_checks")
+    blend_tolerance: float = _default("blend_tolerance")
 
     @property
     def classification(self) -> bool:
@@ -95,6 +99,8 @@ class ExplainRequest:
         if resolved["method"] in GRADIENT_METHODS:
             check_gradient_options(resolved["method"], value, given["baseline"] or _default("baseline"), resolved["budget"])
         adaptive, confidence, total_budget = (resolved.pop(name) for name in ("adaptive", "confidence", "total_budget"))
+        if resolved["kv_mode"] == "blend":
+            _check_blend(classification, value, resolved["method"])
         return cls(
             **prompt,
             **resolved,
@@ -107,6 +113,16 @@ class ExplainRequest:
             baseline=OPTIONS["baseline"].resolve(given["baseline"]),
             allocation=Allocation(confidence, total_budget) if adaptive or total_budget is not None else None,
         )
+
+
+def _check_blend(classification: bool, value: str, method: str) -> None:
+    """kv_mode blend caches documents and scores teacher-forced values: refuse what it cannot serve, by name."""
+    if classification:
+        raise RequestError("kv_mode", "blend caches each document's states; a classification text is a single passage (use exact)")
+    if value == "answers":
+        raise RequestError("kv_mode", "blend scores teacher-forced values (logprob, probability); the answers value decodes (use exact)")
+    if method in GRADIENT_METHODS:
+        raise RequestError("kv_mode", f"blend applies to coalition estimators, not to the gradient method {method}")
 
 
 def check_candidates(candidates: Sequence[str]) -> list[str]:

@@ -73,6 +73,8 @@ class Explanation:
     answers: list[dict] | None = None
     answer_tokens: list[str] | None = None
     extras: dict = field(default_factory=dict)
+    self_check: dict | None = None
+    """kv_mode blend: how blended values compared with the exact model's (`hierarchy.kv_blend.SelfCheck`)."""
 
     def level(self, name: str) -> Level:
         for level in self.levels:

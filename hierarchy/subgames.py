@@ -65,6 +65,10 @@ class RequestGame:
                 chunk, prompts, size = [], [], 0
         return pad_columns([self._cache[a][None, :] for a in absent_sets])
 
+    def remember(self, absent: Absent, values: np.ndarray) -> None:
+        """Take a value computed outside the game (kv_mode blend's exact checks) as this set's value."""
+        self._cache[absent] = np.asarray(values, dtype=float)
+
     def _check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
             raise Cancelled("explanation cancelled")

@@ -35,7 +35,7 @@ class ClassificationPrompt(_message.Message):
     def __init__(self, instruction: _Optional[str] = ..., text: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "qa", "classification", "target", "levels", "thresholds", "max_expanded", "method", "budget", "seed", "value", "mode", "placeholder", "target_stderr", "max_new_tokens", "speculative", "baseline", "adaptive", "total_budget", "confidence")
+    __slots__ = ("model", "qa", "classification", "target", "levels", "thresholds", "max_expanded", "method", "budget", "seed", "value", "mode", "placeholder", "target_stderr", "max_new_tokens", "speculative", "baseline", "adaptive", "total_budget", "confidence", "kv_mode", "blend_recompute", "blend_checks", "blend_tolerance")
     class ThresholdsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,10 @@ class ExplainRequest(_message.Message):
     ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BUDGET_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    KV_MODE_FIELD_NUMBER: _ClassVar[int]
+    BLEND_RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
+    BLEND_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    BLEND_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     qa: QAPrompt
     classification: ClassificationPrompt
@@ -90,7 +94,11 @@ class ExplainRequest(_message.Message):
     adaptive: bool
     total_budget: int
     confidence: float
-    def __init__(self, model: _Optional[str] = ..., qa: _Optional[_Union[QAPrompt, _Mapping]] = ..., classification: _Optional[_Union[ClassificationPrompt, _Mapping]] = ..., target: _Optional[str] = ..., levels: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., max_expanded: _Optional[_Mapping[str, int]] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., seed: _Optional[int] = ..., value: _Optional[str] = ..., mode: _Optional[str] = ..., placeholder: _Optional[str] = ..., target_stderr: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., speculative: _Optional[bool] = ..., baseline: _Optional[str] = ..., adaptive: _Optional[bool] = ..., total_budget: _Optional[int] = ..., confidence: _Optional[float] = ...) -> None: ...
+    kv_mode: str
+    blend_recompute: float
+    blend_checks: int
+    blend_tolerance: float
+    def __init__(self, model: _Optional[str] = ..., qa: _Optional[_Union[QAPrompt, _Mapping]] = ..., classification: _Optional[_Union[ClassificationPrompt, _Mapping]] = ..., target: _Optional[str] = ..., levels: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., max_expanded: _Optional[_Mapping[str, int]] = ..., method: _Optional[str] = ..., budget: _Optional[int] = ..., seed: _Optional[int] = ..., value: _Optional[str] = ..., mode: _Optional[str] = ..., placeholder: _Optional[str] = ..., target_stderr: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., speculative: _Optional[bool] = ..., baseline: _Optional[str] = ..., adaptive: _Optional[bool] = ..., total_budget: _Optional[int] = ..., confidence: _Optional[float] = ..., kv_mode: _Optional[str] = ..., blend_recompute: _Optional[float] = ..., blend_checks: _Optional[int] = ..., blend_tolerance: _Optional[float] = ...) -> None: ...
 
 class Feature(_message.Message):
     __slots__ = ("id", "parent", "text", "start", "end", "value", "stderr", "expanded", "doc", "title", "token_start", "token_end", "values_by_answer", "values_by_token")
@@ -246,7 +254,7 @@ class Summary(_message.Message):
     def __init__(self, evaluations: _Optional[int] = ..., coalitions: _Optional[int] = ..., forward_tokens: _Optional[int] = ..., forward_passes: _Optional[int] = ..., decode_steps: _Optional[int] = ..., wall_seconds: _Optional[float] = ..., reused_tokens: _Optional[int] = ..., stats: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class DoneEvent(_message.Message):
-    __slots__ = ("answer", "value_function", "mode", "total_effect", "full_value", "empty_value", "label_probabilities", "answers", "summary", "request_id", "explanation_json", "answer_tokens")
+    __slots__ = ("answer", "value_function", "mode", "total_effect", "full_value", "empty_value", "label_probabilities", "answers", "summary", "request_id", "explanation_json", "answer_tokens", "self_check")
     class LabelProbabilitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +274,7 @@ class DoneEvent(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_JSON_FIELD_NUMBER: _ClassVar[int]
     ANSWER_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SELF_CHECK_FIELD_NUMBER: _ClassVar[int]
     answer: str
     value_function: str
     mode: str
@@ -278,7 +287,26 @@ class DoneEvent(_message.Message):
     request_id: str
     explanation_json: str
     answer_tokens: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, answer: _Optional[str] = ..., value_function: _Optional[str] = ..., mode: _Optional[str] = ..., total_effect: _Optional[float] = ..., full_value: _Optional[float] = ..., empty_value: _Optional[float] = ..., label_probabilities: _Optional[_Mapping[str, float]] = ..., answers: _Optional[_Iterable[_Union[AnswerShare, _Mapping]]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., request_id: _Optional[str] = ..., explanation_json: _Optional[str] = ..., answer_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+    self_check: SelfCheck
+    def __init__(self, answer: _Optional[str] = ..., value_function: _Optional[str] = ..., mode: _Optional[str] = ..., total_effect: _Optional[float] = ..., full_value: _Optional[float] = ..., empty_value: _Optional[float] = ..., label_probabilities: _Optional[_Mapping[str, float]] = ..., answers: _Optional[_Iterable[_Union[AnswerShare, _Mapping]]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., request_id: _Optional[str] = ..., explanation_json: _Optional[str] = ..., answer_tokens: _Optional[_Iterable[str]] = ..., self_check: _Optional[_Union[SelfCheck, _Mapping]] = ...) -> None: ...
+
+class SelfCheck(_message.Message):
+    __slots__ = ("coalitions", "max_difference", "mean_difference", "tolerance", "recompute", "fallback", "reason")
+    COALITIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    coalitions: int
+    max_difference: float
+    mean_difference: float
+    tolerance: float
+    recompute: float
+    fallback: bool
+    reason: str
+    def __init__(self, coalitions: _Optional[int] = ..., max_difference: _Optional[float] = ..., mean_difference: _Optional[float] = ..., tolerance: _Optional[float] = ..., recompute: _Optional[float] = ..., fallback: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ExplainEvent(_message.Message):
     __slots__ = ("answer", "level_start", "progress", "level", "done")

@@ -104,6 +104,7 @@ def event_to_proto(event: Any, request_id: str = "") -> pb.ExplainEvent:
             answers=[pb.AnswerShare(answer=a["answer"], share=a["share"]) for a in result.answers or []],
             summary=summary_proto(result.stats), request_id=request_id, answer_tokens=result.answer_tokens or [],
             explanation_json=json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=False),
+            self_check=pb.SelfCheck(**result.self_check) if result.self_check else None,
         ))
     raise TypeError(f"unknown engine event {event!r}")
 

@@ -47,9 +47,14 @@ NON_DEFAULT = {
     "adaptive": True,
     "total_budget": 300,
     "confidence": 0.9,
+    "kv_mode": "blend",
+    "blend_recompute": 0.5,
+    "blend_checks": 7,
+    "blend_tolerance": 0.25,
 }
 """A value of each option that is not its default."""
-ALONGSIDE = {"confidence": {"adaptive": True}}
+ALONGSIDE = {"confidence": {"adaptive": True}, "blend_recompute": {"kv_mode": "blend"}, "blend_checks": {"kv_mode": "blend"},
+             "blend_tolerance": {"kv_mode": "blend"}}
 """What an option only matters with."""
 
 

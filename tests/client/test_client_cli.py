@@ -88,6 +88,18 @@ def test_local_mode_equals_the_server(tiny_server, tiny_llama_dir, jsonl, capsys
     assert _without_times(local) == _without_times(remote)
 
 
+def test_blend_flags_reach_the_server_and_the_local_engine_alike(tiny_server, tiny_llama_dir, jsonl, capsys):
+    common = ["explain", "--question", QUESTION, "--docs-jsonl", str(jsonl), "--target", "Paris", "--budget", "12", "--json",
+              "--kv-mode", "blend", "--blend-recompute", "0.25", "--blend-checks", "2", "--blend-tolerance", "1e6"]
+    remote = _run_json(capsys, [*common, "--server", tiny_server.address])
+    local = _run_json(capsys, [*common, "--local", "--model", str(tiny_llama_dir)])
+    assert _without_times(local) == _without_times(remote)
+    assert remote["self_check"]["coalitions"] == 4 and remote["self_check"]["recompute"] == 0.25 and not remote["self_check"]["fallback"]
+    assert remote["stats"]["blended_rows"] > 0
+    assert main([arg for arg in common if arg != "--json"] + ["--server", tiny_server.address, "--color", "never"]) == 0
+    assert "kv blend (0.25 of each document recomputed) kept; on 4 checked coalitions" in capsys.readouterr().out
+
+
 def test_local_model_flags_load_the_model_that_way(tiny_llama_dir, jsonl, capsys):
     from longshap.hierarchy import Explainer
 

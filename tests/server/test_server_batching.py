@@ -191,3 +191,25 @@ def test_scale_options_are_checked():
         with pytest.raises(SystemExit) as exit_:
             build_parser().parse_args(argv)
         assert exit_.value.code == 2
+
+
+def test_blended_requests_merge_only_with_their_own_plan_and_keep_their_values(tiny_explainer):
+    blended = {"kv_mode": "blend", "blend_recompute": 0.3, "blend_tolerance": 1e6, "budget": 20}
+    requests = [{**REQUESTS[0], **blended, "target": "Paris"}, {**REQUESTS[2], **blended}, {**REQUESTS[0], "target": "Paris"}]
+    alone = [tiny_explainer.explain(**request) for request in requests]
+    batcher = BatchingEngine(tiny_explainer.engine, window_s=0.05)
+    start = threading.Barrier(len(requests))
+
+    def run(request):
+        start.wait()
+        return Explainer(batcher).explain(**request)
+
+    try:
+        with ThreadPoolExecutor(len(requests)) as pool:
+            together = list(pool.map(run, requests))
+    finally:
+        batcher.close()
+    for one, merged in zip(alone, together, strict=True):
+        np.testing.assert_allclose([v for _, v, _ in _values(merged)], [v for _, v, _ in _values(one)], atol=1e-5)
+        assert merged.self_check == (None if one.self_check is None else pytest.approx(one.self_check, abs=1e-6))
+    assert together[0].stats["blended_rows"] > 0 and together[2].stats["blended_rows"] == 0

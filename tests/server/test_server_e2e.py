@@ -59,6 +59,19 @@ def test_qa_events_stream_in_order_and_equal_the_engine(stub, tiny_explainer):
     assert done.summary.evaluations == expected["stats"]["evaluations"] and done.summary.forward_tokens > 0 and done.request_id
 
 
+def test_a_blended_request_reports_its_self_check_on_the_wire(stub, tiny_explainer):
+    options = {"budget": 16, "seed": 2, "target": "Paris", "kv_mode": "blend", "blend_recompute": 0.5, "blend_checks": 3, "blend_tolerance": 50.0}
+    events = list(stub.Explain(qa_request(**options)))
+    expected = tiny_explainer.explain(question=QUESTION, documents=DOCUMENTS, **options).to_dict()
+    got = collect(events)
+    assert _without_times(got) == _without_times(expected)
+    check = events[-1].done.self_check
+    assert check.coalitions == 4 and not check.fallback  # two documents: all, none and both single-document coalitions and check.recompute == 0.5 and check.tolerance == 50.0
+    assert check.max_difference == pytest.approx(expected["self_check"]["max_difference"], rel=1e-12)
+    plain = list(stub.Explain(qa_request(budget=8, seed=2, target="Paris")))
+    assert not plain[-1].done.HasField("self_check") and collect(plain)["self_check"] is None
+
+
 def test_classification_streams_label_probabilities(stub, tiny_explainer):
     events = list(stub.Explain(quick_request()))
     _assert_order(_kinds(events))

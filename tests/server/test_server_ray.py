@@ -141,3 +141,13 @@ def test_replicas_run_the_engine_the_front_was_loaded_with(ray_engine, tiny_gguf
     finally:
         replicas.close()
         front.close()
+
+
+def test_blended_requests_run_on_replicas_with_in_process_values(backend, tiny_explainer):
+    request = {**REQUEST, "budget": 20, "target": "Paris", "kv_mode": "blend", "blend_recompute": 0.3, "blend_tolerance": 1e6}
+    local = tiny_explainer.explain(**request)
+    remote = Explainer(backend).explain(**request)
+    assert not remote.self_check["fallback"]
+    assert remote.self_check["max_difference"] == pytest.approx(local.self_check["max_difference"], abs=1e-6)
+    np.testing.assert_allclose(_values(remote), _values(local), rtol=0, atol=1e-5)
+    assert remote.stats["blended_rows"] == local.stats["blended_rows"] > 0
