@@ -61,3 +61,12 @@ def _cpu() -> str:
     flags = fields.get("flags", "").split()
     bf16 = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
     return f"{name} ({', '.join(bf16) or 'no bf16 matrix instructions'})"
+
+
+def spearman(first: dict[str, float], second: dict[str, float]) -> float:
+    """Spearman correlation of two runs' values of the same units (ties ranked by order)."""
+    import numpy as np
+
+    keys = sorted(first)
+    ranks = [np.argsort(np.argsort([values[k] for k in keys])) for values in (first, second)]
+    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])

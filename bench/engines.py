@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import parser, print_table, write_json
+from bench.common import parser, print_table, spearman, write_json
 from bench.llama_server import start_llama_server
 from bench.long_context import top_ids
 
@@ -112,12 +112,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def spearman(first: dict[str, float], second: dict[str, float]) -> float:
-    keys = sorted(first)
-    ranks = [np.argsort(np.argsort([values[k] for k in keys])) for values in (first, second)]
-    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
 
 
 def main() -> None:

@@ -81,8 +81,8 @@ def start_blend(
     ids, offsets = view.engine.encode_offsets(full, special_tokens=True)
     try:
         plan = plan_from_spans(ids, offsets, prompt.document_spans(), request.blend_recompute)
-    except RequestError as error:
-        return outcome(True, error.reason)
+    except ValueError as error:  # a document whose tokens all merged into its neighbours' blocks
+        return outcome(True, f"the documents cannot be cached apart: {error}")
     view.context.blend = plan
     blended = np.atleast_2d(value_fn(prompts))
     effect = abs(exact[0, 0] - exact[1, 0])

@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from longshap.hierarchy.errors import RequestError
 
 
 @dataclass(frozen=True)
@@ -52,19 +51,17 @@ class Segment:
 def plan_from_spans(ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], recompute: float) -> BlendPlan:
     """The plan of a full prompt given its token ids, their character offsets and each document block's character span.
 
-    A block must start and end on token boundaries of the full prompt, or its cached
-    states could not stand for the tokens a coalition's prompt has there.
+    A span boundary inside a token (a document ending in a space merges it with the
+    separator after it) moves to that token's start, so the token joins the next block.
+    Such a block may then not appear whole in a coalition's prompt; it is computed in
+    full there, which costs time but never exactness.
     """
-    starts = {start: index for index, (start, end) in enumerate(offsets) if end > start}
-    ends = {end: index + 1 for index, (start, end) in enumerate(offsets) if end > start}
-    bounds = []
-    for number, (start, end) in enumerate(spans):
-        if start not in starts or end not in ends:
-            raise RequestError("kv_mode", f"document {number}'s text does not start and end on token boundaries of the prompt, so its "
-                               "states cannot be cached apart; use kv_mode exact")
-        bounds.append((starts[start], ends[end]))
-    head = tuple(ids[: bounds[0][0]])
-    blocks = tuple(tuple(ids[first:last]) for first, last in bounds)
+    def first_token_ending_after(char: int) -> int:
+        return next((index for index, (_, end) in enumerate(offsets) if end > char), len(ids))
+
+    bounds = [first_token_ending_after(start) for start, _ in spans] + [first_token_ending_after(spans[-1][1])]
+    head = tuple(ids[: bounds[0]])
+    blocks = tuple(tuple(ids[first:last]) for first, last in zip(bounds, bounds[1:]))
     return BlendPlan(head, blocks, recompute)
 
 

@@ -1,13 +1,15 @@
 """Blended scoring on the transformers engine: each document's KV states computed once, re-encoded for every coalition.
 
-In kv_mode blend a request's documents are encoded once each, after the exact states
-of the prompt's head, at the position right after it. A coalition's prompt then reads
+In kv_mode blend a request's documents are encoded once each, attending to the exact
+states of the prompt's head, at their own place in the full prompt (so the head is as far
+away, and as visible through sliding windows, as it is there). A coalition's prompt then reads
 its documents from those states: keys are rotated by RoPE to where the document sits
 in this prompt (rotations compose, so turning a key by the position shift equals
 encoding it there), and only the rest runs as queries in one pass: each document's
-first tokens (the plan's recompute share, as in EPIC/LegoLink: a chunk's first tokens
-soak up attention as if they began the prompt, so they are the ones to restore), any
-raw text (a document cut by a finer level, the question) and the answer. Masks come
+first tokens (the plan's recompute share; EPIC/LegoLink's rule: right after a cut, a
+cached chunk's tokens have the least of their real context, so they differ most from a
+fresh pass and are the ones to restore), any raw text (a document cut by a finer level,
+the question) and the answer. Masks come
 from positions, sliding windows included, so every key is kept and any layout is
 exact with respect to what it attends to.
 
@@ -84,7 +86,7 @@ class BlendStates:
         return states
 
     def _compute(self, plan: BlendPlan, context: RunContext) -> _PlanStates:
-        """The head's exact states (through the prefix store), then each block forwarded once right after the head."""
+        """The head's exact states (through the prefix store), then each block forwarded once at its place in the full prompt."""
         engine, stats = self.engine, context.stats
         head = list(plan.head)
         cached, head_states = engine.prefix.states(head, context)
@@ -96,14 +98,34 @@ class BlendStates:
         starts, filled = [], len(head)
         for block in plan.blocks:
             context.check()
-            full = engine.prefix.extend(head + list(block), len(head), head_states)
+            new = self._encode_in_place(block, filled, head_states)
             engine.count_pass(context, len(block))
-            for layer, (k, v) in enumerate(full):
-                keys[layer].append(k[0, :, len(head) :])
-                values[layer].append(v[0, :, len(head) :])
+            for layer, (k, v) in enumerate(new):
+                keys[layer].append(k)
+                values[layer].append(v)
             starts.append(filled)
             filled += len(block)
         return _PlanStates([torch.cat(k, dim=1) for k in keys], [torch.cat(v, dim=1) for v in values], starts)
+
+    def _encode_in_place(self, block: Sequence[int], first: int, head_states: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A block's states at its place in the full prompt (positions from `first`), attending to the head only.
+
+        The head is as far away as in the full prompt, so each layer sees it as it would
+        there: not at all through a sliding window that does not reach back that far.
+        """
+        engine = self.engine
+        head = head_states[0][0].shape[2]
+        cache = DynamicCache()  # every key kept: the masks carry the windows
+        for layer, (keys, values) in enumerate(head_states):
+            cache.update(keys, values, layer)
+        positions = torch.arange(first, first + len(block), device=engine.device)[None]
+        key_positions = torch.cat([torch.arange(head, device=engine.device)[None], positions], dim=1)
+        valid = torch.ones_like(key_positions, dtype=torch.bool)
+        mask = _masks(positions, key_positions, valid, engine.sliding_window, next(engine.model.parameters()).dtype)
+        ids = torch.tensor([list(block)], dtype=torch.long, device=engine.device)
+        engine.run_backbone(cache, input_ids=ids, attention_mask=mask, position_ids=positions)
+        # A DynamicCache's layers are attention layers, each with its keys and values.
+        return [(layer.keys[0, :, head:], layer.values[0, :, head:]) for layer in cache.layers]  # type: ignore[union-attr,index]
 
     # ---- batches and passes ------------------------------------------------------------------------------
     def plan_batches(self, rows: Sequence[Sequence[int]], plan: BlendPlan, max_tokens: int) -> list[list[int]] | None:
@@ -214,7 +236,7 @@ def _layout(row: Sequence[int], layout: list[Segment], plan: BlendPlan, states: 
         first = states.starts[segment.block]
         length = segment.end - segment.start
         slot_index.extend(range(first + redo, first + length))
-        slot_shift.extend([segment.start - head] * (length - redo))
+        slot_shift.extend([segment.start - first] * (length - redo))
         slot_positions.extend(range(segment.start + redo, segment.end))
     as_tensor = torch.tensor
     return (as_tensor(slot_index), as_tensor(slot_shift), as_tensor(slot_positions)), (as_tensor(query_ids), as_tensor(query_positions))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 
 from longshap.hierarchy.engines.blend_plan import BlendPlan, Segment, plan_from_spans, segments
-from longshap.hierarchy.errors import RequestError
 
 HEAD = (2, 10, 11)
 BLOCKS = ((20, 21, 22), (30, 31), (40, 41, 42, 43))
@@ -62,7 +61,11 @@ def test_plans_come_from_character_spans_on_token_boundaries():
     assert plan.head == (2, 10, 11) and plan.blocks == ((20, 21), (30,)) and plan.recompute == 0.25
 
 
-def test_a_span_that_splits_a_token_is_refused_by_name():
-    offsets = [(0, 0), (0, 3), (3, 5), (5, 9)]
-    with pytest.raises(RequestError, match="document 0's text does not start and end on token boundaries"):
-        plan_from_spans([2, 10, 11, 20], offsets, [(4, 9)], 0.1)
+def test_a_boundary_inside_a_token_gives_that_token_to_the_next_block():
+    # A document ending in a space: " \n\n" is one token, straddling its end and the next separator.
+    ids = [2, 10, 11, 20, 21, 30, 50]
+    offsets = [(0, 0), (0, 3), (3, 5), (5, 9), (9, 13), (13, 15), (15, 18)]
+    plan = plan_from_spans(ids, offsets, [(5, 12), (12, 15)], 0.0)
+    assert plan.blocks == ((20,), (21, 30)) and plan.head == (2, 10, 11)
+    tail_straddled = plan_from_spans(ids, offsets, [(5, 9), (9, 14)], 0.0)
+    assert tail_straddled.blocks == ((20,), (21,))
