@@ -25,6 +25,8 @@ class BlendPlan:
     recompute: float
     """Share of each block's tokens, its first ones, run again against the coalition's preceding context."""
     key: str = field(default="", compare=False)
+    by_start: dict[tuple[int, ...], list[int]] = field(default_factory=dict, compare=False, repr=False)
+    """Blocks by their first two tokens: where a row is looked up, once per plan rather than once per row."""
 
     def __post_init__(self) -> None:
         if not self.head or not self.blocks or any(not block for block in self.blocks):
@@ -33,6 +35,8 @@ class BlendPlan:
             raise ValueError(f"recompute is a share of each block's tokens, in 0..1; got {self.recompute}")
         digest = hashlib.sha1(repr((self.head, self.blocks)).encode()).hexdigest()
         object.__setattr__(self, "key", digest)
+        for index, block in enumerate(self.blocks):
+            self.by_start.setdefault(block[:2], []).append(index)
 
     def recomputed(self, block: int) -> int:
         """How many of block `block`'s first tokens are recomputed in every coalition."""
@@ -74,14 +78,11 @@ def segments(row: Sequence[int], plan: BlendPlan, raw_tail: int = 1) -> list[Seg
     head = len(plan.head)
     if len(row) <= head or tuple(row[:head]) != plan.head:
         return None
-    by_start: dict[tuple[int, ...], list[int]] = {}
-    for index, block in enumerate(plan.blocks):
-        by_start.setdefault(block[:2], []).append(index)
     found: list[Segment] = []
     position, next_block, raw_from = head, 0, head
     while position < len(row):
         match = next(
-            (b for b in by_start.get(tuple(row[position : position + 2]), []) if b >= next_block
+            (b for b in plan.by_start.get(tuple(row[position : position + 2]), []) if b >= next_block
              and tuple(row[position : position + len(plan.blocks[b])]) == plan.blocks[b]),
             None,
         )

@@ -121,7 +121,7 @@ class BlendStates:
         positions = torch.arange(first, first + len(block), device=engine.device)[None]
         key_positions = torch.cat([torch.arange(head, device=engine.device)[None], positions], dim=1)
         valid = torch.ones_like(key_positions, dtype=torch.bool)
-        mask = _masks(positions, key_positions, valid, engine.sliding_window, next(engine.model.parameters()).dtype)
+        mask = _masks(positions, key_positions, valid, engine.sliding_window, engine.mask_dtype)
         ids = torch.tensor([list(block)], dtype=torch.long, device=engine.device)
         engine.run_backbone(cache, input_ids=ids, attention_mask=mask, position_ids=positions)
         # A DynamicCache's layers are attention layers, each with its keys and values.
@@ -194,7 +194,7 @@ class BlendStates:
             gathered = keys[:, index].permute(1, 0, 2, 3).float()  # (batch, kv heads, slots, head dim)
             rotated = (gathered * cos + _rotate_half(gathered) * sin).to(keys.dtype)
             cache.update(rotated, values[:, index].permute(1, 0, 2, 3), layer)
-        mask = _masks(positions, key_positions, valid, engine.sliding_window, next(engine.model.parameters()).dtype)
+        mask = _masks(positions, key_positions, valid, engine.sliding_window, engine.mask_dtype)
         engine.count_pass(context, sum(len(queries[0]) for queries in query_rows))
         context.stats.reused_tokens += sum(len(slots[0]) for slots in slot_rows)
         context.stats.blended_rows += batch
@@ -252,8 +252,6 @@ def _masks(
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """Additive masks (full, and sliding where the model has windows): a query sees every valid key at or before its position."""
     allowed = valid[:, None, :] & (key_positions[:, None, :] <= positions[:, :, None])
-    if not torch.is_floating_point(torch.zeros((), dtype=dtype)):  # quantised weights: masks in float32
-        dtype = torch.float32
     full = additive_mask(allowed, dtype)
     if window is None:
         return full

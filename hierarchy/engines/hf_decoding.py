@@ -82,9 +82,7 @@ def _verify_batch(
     for r, row in enumerate(rows):
         ids[r, : len(row) - shared] = torch.tensor(row[shared:], dtype=torch.long)
     ids[:, width:] = torch.tensor(tree.tokens[1:], dtype=torch.long, device=device)
-    parameter = next(engine.model.parameters())
-    dtype = parameter.dtype if parameter.is_floating_point() else torch.float32
-    positions, full, sliding = tree_masks([len(r) for r in rows], shared, width, tree, engine.sliding_window, dtype, device)
+    positions, full, sliding = tree_masks([len(r) for r in rows], shared, width, tree, engine.sliding_window, engine.mask_dtype, device)
     mask = {"full_attention": full, "sliding_attention": sliding} if sliding is not None else full
     engine.count_pass(context, sum(len(row) - shared for row in rows) + tree.size * len(rows))
     if keep_states and cache is None:

@@ -228,6 +228,12 @@ class TransformersEngine:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    @property
+    def mask_dtype(self) -> torch.dtype:
+        """The dtype of additive masks we build: the weights' own, or float32 for quantised (integer) weights."""
+        parameter = next(self.model.parameters())
+        return parameter.dtype if parameter.is_floating_point() else torch.float32
+
     def count_pass(self, context: RunContext, tokens: int) -> None:
         """One batched pass forwarding `tokens` non-pad tokens."""
         context.stats.forward_passes += 1

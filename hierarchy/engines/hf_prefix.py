@@ -73,12 +73,12 @@ class PrefixStates:
         store = self.store(context)
         cached, states = store.lookup(prefix)
         if cached < len(prefix):
-            states = self.extend(prefix, cached, states)
+            states = self._extend(prefix, cached, states)
             store.insert(prefix, cached, [(k[:, :, cached:], v[:, :, cached:]) for k, v in states])
         assert states is not None, "a fully stored prefix is non-empty, so the store returned its states"
         return cached, states
 
-    def extend(self, prefix: Sequence[int], cached: int, states: LayerStates | None) -> LayerStates:
+    def _extend(self, prefix: Sequence[int], cached: int, states: LayerStates | None) -> LayerStates:
         """Full per-layer states of `prefix`, forwarding only tokens[cached:] on top of the stored states.
 
         The pass runs on a config-typed cache (sliding layers attend over their window
