@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from longshap.hierarchy.metrics import AOPC_FRACTIONS, aopc, comprehensiveness, deletion_curve, sufficiency, top_k_mask
+from longshap.hierarchy.metrics import (
+    AOPC_FRACTIONS, ablation_masks, aopc, comprehensiveness, deletion_curve, lds, sufficiency, top_k_drop, top_k_mask,
+)
 
 WEIGHTS = np.array([2.0, -1.0, 0.5, 3.0, 0.0, -0.5, 1.0, 0.25, -2.0, 1.5])
 
@@ -139,3 +141,55 @@ def test_invalid_values_raise():
     with pytest.raises(ValueError, match="fraction"):
         aopc(Model(), WEIGHTS, fractions=(0.1, 2.0))
     assert math.isclose(sufficiency(Model(np.array([1.0])), [0.5], 1.0), 1.0)
+
+
+def test_ablation_masks_half_keeps_each_feature_half_the_time():
+    masks = ablation_masks(10, 4000, "half", np.random.default_rng(0))
+    assert masks.shape == (4000, 10) and masks.dtype == np.bool_
+    assert np.allclose(masks.mean(axis=0), 0.5, atol=0.03)
+
+
+def test_ablation_masks_uniform_size_covers_every_size_equally_and_never_all_or_none():
+    masks = ablation_masks(6, 5000, "uniform_size", np.random.default_rng(1))
+    sizes = masks.sum(axis=1)
+    assert sizes.min() == 1 and sizes.max() == 5
+    assert np.allclose(np.bincount(sizes, minlength=6)[1:] / 5000, 0.2, atol=0.02)
+    assert np.allclose(masks.mean(axis=0), 0.5, atol=0.03)  # given the size, the subset is uniform
+
+
+def test_ablation_masks_refuse_an_unknown_kind_and_a_single_feature():
+    with pytest.raises(ValueError, match="kind"):
+        ablation_masks(5, 3, "keep_one", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="at least 2"):
+        ablation_masks(1, 3, "half", np.random.default_rng(0))
+
+
+def test_lds_is_one_for_the_true_linear_weights_and_negative_for_their_opposite():
+    masks = ablation_masks(10, 64, "half", np.random.default_rng(2))
+    truth = masks.astype(float) @ WEIGHTS - 1.0
+    assert lds(WEIGHTS, masks, truth) == pytest.approx(1.0)
+    assert lds(-WEIGHTS, masks, truth) == pytest.approx(-1.0)
+
+
+def test_lds_ranks_ties_by_their_average_and_is_nan_when_nothing_varies():
+    masks = np.array([[1, 0], [0, 1], [1, 1]], dtype=bool)
+    # predicted 1, 1, 2 (a tie), truth 0, 1, 2: Spearman of ranks (1.5, 1.5, 3) and (1, 2, 3)
+    assert lds([1.0, 1.0], masks, [0.0, 1.0, 2.0]) == pytest.approx(np.sqrt(3) / 2)
+    assert math.isnan(lds([0.0, 0.0], masks, [0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="one log-probability per mask"):
+        lds([1.0, 1.0], masks, [0.0, 1.0])
+
+
+def test_top_k_drop_removes_the_highest_valued_features_in_one_call():
+    model = Model()
+
+    def logprob(keep):
+        return np.log(model(keep))
+
+    drops = top_k_drop(logprob, WEIGHTS, ks=(1, 2))
+    full = np.log(sigmoid(-1.0 + WEIGHTS.sum()))
+    assert drops[0] == pytest.approx(full - np.log(sigmoid(-1.0 + WEIGHTS.sum() - 3.0)))
+    assert drops[1] == pytest.approx(full - np.log(sigmoid(-1.0 + WEIGHTS.sum() - 5.0)))
+    assert len(model.calls) == 1 and model.calls[0].shape == (3, 10)
+    with pytest.raises(ValueError, match="ks"):
+        top_k_drop(logprob, WEIGHTS, ks=(11,))
