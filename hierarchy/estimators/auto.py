@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from math import comb
-
 from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, Sampler, get_estimator, register
-from longshap.hierarchy.estimators.odd import MIN_SPARE, TOP_PLAYERS
 from longshap.hierarchy.games import MemoisedGame
 
 
@@ -14,21 +11,10 @@ REGRESSION_FROM = 3.5
 """Budgets from this many evaluations per player on go to the regression (`leverage`) on plain games."""
 ADJUSTED_FROM = 6
 """From this many evaluations per player on, plain games go to `regression_adjusted`."""
-ODD_SLACK = 1.0
-"""`odd` runs once its pairs cover its full third-order expansion this many times over (see `odd_fits`)."""
+SELECT_FROM = 12
+"""From this many evaluations per player on, plain games go to `select` (every paired-design model, the best kept)."""
 CONTEXT_REGRESSION_FROM = 4
 """The same threshold for games with outer contexts (Owen subgames), whose regression is `kernel`."""
-
-
-def odd_fits(n: int, budget: int) -> bool:
-    """Whether `odd` can fit every third-order candidate with pairs to spare, as its cross-validation needs.
-
-    Then a game whose odd part is at most cubic is recovered exactly, and the full expansion
-    competes with the screened ones (see `odd.choose_terms`); below it, `odd` has to guess
-    which triples matter from few pairs, and `regression_adjusted` was as accurate or better.
-    """
-    pairs = (budget - 2) // 2
-    return n >= 3 and pairs - n - n // 2 - MIN_SPARE >= ODD_SLACK * comb(min(n, TOP_PLAYERS), 3)
 
 
 def choose(game: MemoisedGame, budget: int) -> str:
@@ -47,14 +33,12 @@ def choose(game: MemoisedGame, budget: int) -> str:
     (`python -m bench.estimators_vs_shapiq --multiples 4 5 6 8 10`, geometric mean over
     the six games, 10 seeds) is 8.8 at 4n (too few pairs to fit and cross-check), 0.95
     at 5n but 1.27 on the third-order game, 0.91 at 6n, 0.81 at 8n and 0.83 at 10n.
-    `odd` (a sparse odd-part regression) takes over once its full third-order expansion fits
-    the pairs (`odd_fits`: from 28n at 10 players, 41n at 12, 74n at 16): against shapiq
-    1.8's best method (`make bench-shapiq`, i.e. `.venv-shapiq/bin/python -m
-    bench.estimators_vs_shapiq`, 10 seeds) `odd` was 0.12x at 50n, where auto ran it on the
-    10- and 12-player games (the third-order game exactly) and `regression_adjusted` on the
-    others (0.13x overall), while at 20n, below that point, `odd` was 0.95x and `proxy` 0.91x
-    against `regression_adjusted`'s 0.88x. At 5n `regression_adjusted` was 0.93x and
-    `leverage` 0.98x in that run, short of a reason to move the 6n threshold.
+    `select` takes over at 12n: it fits `leverage`, `regression_adjusted`, `proxy` and `odd`
+    to the one paired sample they share and keeps the one reporting the smallest variance,
+    so a sparse higher-order game gets `odd` (exact once its third-order expansion fits) and
+    a smooth saturating one a proxy. Against `regression_adjusted` (and `odd` where its full
+    expansion fitted) on the benchmark's games, it was behind at 8n, level at 12n and ahead
+    from 15n on, by more the larger the budget (`docs/benchmarks.md` has the figures).
     Games with outer contexts (Owen subgames)
     switch at 4n instead, to `kernel`, which draws a context per group of pairs and treats contexts as
     clusters (leverage would hand them to it anyway). Below 4n a regression has fewer
@@ -70,7 +54,7 @@ def choose(game: MemoisedGame, budget: int) -> str:
         return "kernel"
     if budget < ADJUSTED_FROM * game.n_players:
         return "leverage"
-    return "odd" if odd_fits(game.n_players, budget) else "regression_adjusted"
+    return "regression_adjusted" if budget < SELECT_FROM * game.n_players else "select"
 
 
 @register("auto")

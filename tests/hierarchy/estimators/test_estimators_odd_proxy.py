@@ -7,7 +7,6 @@ import pytest
 from longshap.hierarchy.estimators import estimate
 from longshap.hierarchy.estimators._paired import all_pairs_of
 from longshap.hierarchy.estimators._stats import all_coalitions, shapley_from_table
-from longshap.hierarchy.estimators.auto import choose
 from longshap.hierarchy.estimators.odd import parities, to_shapley, triples
 from longshap.hierarchy.estimators.regression_adjusted import _kappa, Surrogate, parity_share
 from longshap.hierarchy.games import FunctionGame, MemoisedGame
@@ -129,11 +128,3 @@ def test_odd_standard_errors_cover_at_least_nominally(multiple):
     covered = np.mean([np.abs(r.values - truth) <= 2 * r.stderr for r in results])
     assert np.all([np.isfinite(r.stderr) for r in results])
     assert covered >= 0.90, covered
-
-
-def test_auto_runs_odd_once_the_full_third_order_expansion_fits():
-    game = MemoisedGame(FunctionGame(lambda z: z.sum(axis=1, keepdims=True).astype(float), 12))
-    assert choose(game, 50 * 12) == "odd"
-    assert choose(game, 20 * 12) == "regression_adjusted"
-    wide = MemoisedGame(FunctionGame(lambda z: z.sum(axis=1, keepdims=True).astype(float), 16))
-    assert choose(wide, 50 * 16) == "regression_adjusted"
