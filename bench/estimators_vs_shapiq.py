@@ -94,7 +94,7 @@ class Charged:
 
 LONGSHAP = {
     "permutation": "shapley", "kernel": "shapley", "leverage": "shapley", "kadd": "shapley", "regression_adjusted": "shapley",
-    "odd": "shapley", "proxy": "shapley", "auto": "shapley", "banzhaf": "banzhaf", "banzhaf_ls": "banzhaf",
+    "odd": "shapley", "proxy": "shapley", "select": "shapley", "auto": "shapley", "banzhaf": "banzhaf", "banzhaf_ls": "banzhaf",
 }
 
 SETTINGS: dict[str, tuple[str, dict]] = {
