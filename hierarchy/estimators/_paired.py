@@ -246,7 +246,7 @@ class PairedDesign(Sampler):
         if fitted is not data:
             values, stderr = self.fit(data, state)
         return Estimate(
-            values, stderr, game.evaluations - start, self.name,
+            values, stderr, game.evaluations - start, self.ran(state),
             samples=len(data.strata), extras={"enumerated_sizes": data.enumerated, **self.extras(data, state)},
         )
 
@@ -261,3 +261,7 @@ class PairedDesign(Sampler):
     def extras(self, data: PairedSample, state: object) -> dict:
         """What the result reports besides the enumerated sizes."""
         return {}
+
+    def ran(self, state: object) -> str:
+        """The name the result reports as its method: this estimator's, unless it delegated the fit."""
+        return self.name

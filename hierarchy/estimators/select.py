@@ -14,8 +14,7 @@ from typing import cast
 import numpy as np
 
 from longshap.hierarchy.estimators._paired import PairedDesign, PairedSample
-from longshap.hierarchy.estimators.base import Estimate, ProgressCallback, get_estimator, register
-from longshap.hierarchy.games import MemoisedGame
+from longshap.hierarchy.estimators.base import get_estimator, register
 
 CANDIDATES = ("leverage", "regression_adjusted", "proxy", "odd")
 
@@ -46,18 +45,6 @@ class Select(PairedDesign):
     Budget and batches as `leverage`: 2 + 2 * pairs evaluations, at least one pair.
     """
 
-    def attribute(
-        self,
-        game: MemoisedGame,
-        budget: int,
-        rng: np.random.Generator,
-        target_stderr: float | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> Estimate:
-        result = super().attribute(game, budget, rng, target_stderr, progress)
-        result.method = result.extras.get("chosen", result.method)  # a one-player game is exact, nothing chosen
-        return result
-
     def prepare(self, n: int, rng: np.random.Generator) -> Fits:
         return Fits(n, rng)
 
@@ -74,6 +61,10 @@ class Select(PairedDesign):
         assert best is not None
         state.chosen = best[1]
         return best[2], best[3]
+
+    def ran(self, state: object) -> str:
+        assert isinstance(state, Fits)
+        return state.chosen
 
     def extras(self, data: PairedSample, state: object) -> dict:
         assert isinstance(state, Fits)
