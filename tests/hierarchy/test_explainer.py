@@ -217,9 +217,9 @@ def test_probability_function_feeds_the_metrics(tiny_explainer):
 def test_auto_is_the_default_and_each_level_names_the_estimator_it_ran(tiny_explainer):
     result = qa(tiny_explainer, thresholds=0.0, levels=("document", "sentence"))
     documents, sentences = result.levels
-    # The top level is a plain game of 3 documents with a generous default budget (10(n+1) >= 6n), where
-    # `odd`'s full third-order expansion fits: for 3 players that is the whole odd part, so it is exact.
-    assert documents.method == "odd"
+    # The top level is a plain game of 3 documents with a generous default budget (10(n+1) >= 12n): `select`,
+    # whose candidates are all exact on 3 players (every stratum enumerated), so the tie goes to the simplest.
+    assert documents.method == "leverage"
     assert sentences.method == "kernel"  # Owen subgames draw outer contexts: auto hands them to kernel
     assert all(np.isfinite(f.value) for level in result.levels for f in level.features)
 

@@ -211,5 +211,7 @@ def test_blended_requests_merge_only_with_their_own_plan_and_keep_their_values(t
         batcher.close()
     for one, merged in zip(alone, together, strict=True):
         np.testing.assert_allclose([v for _, v, _ in _values(merged)], [v for _, v, _ in _values(one)], atol=1e-5)
-        assert merged.self_check == (None if one.self_check is None else pytest.approx(one.self_check, abs=1e-6))
+        # Values agree to 1e-5 between batch orders in float32; the check's differences are such value
+        # differences over the total effect, so they agree to about that, not to rounding.
+        assert merged.self_check == (None if one.self_check is None else pytest.approx(one.self_check, abs=1e-4))
     assert together[0].stats["blended_rows"] > 0 and together[2].stats["blended_rows"] == 0
