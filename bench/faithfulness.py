@@ -34,6 +34,8 @@ extended run only evaluates coalitions no earlier run asked for.
 from __future__ import annotations
 
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,11 +117,14 @@ class Charged:
         return self.game(keep)
 
 
+@dataclass
 class Run:
     """One method's attribution of one game, with what it cost."""
 
-    def __init__(self, label: str, values: np.ndarray, evaluations: int, seconds: float) -> None:
-        self.label, self.values, self.evaluations, self.seconds = label, values, evaluations, seconds
+    label: str
+    values: np.ndarray
+    evaluations: int
+    seconds: float
 
 
 def timed(game: CachedGame, attribute) -> Run:
@@ -161,10 +166,9 @@ def hierarchy_run(explainer: Explainer, prompt, target: str | None, units: list[
     )
     documents = {f.id: f.value for f in explanation.level("document").features}
     sentences = {f.id: f.value for level in explanation.levels if level.level == "sentence" for f in level.features}
-    siblings: dict[str, int] = {}
-    for unit in units:
-        siblings[unit.split(".")[0]] = siblings.get(unit.split(".")[0], 0) + 1
-    values = [sentences.get(u, documents[u.split(".")[0]] / siblings[u.split(".")[0]]) for u in units]
+    parents = [unit.split(".")[0] for unit in units]
+    siblings = Counter(parents)
+    values = [sentences.get(unit, documents[parent] / siblings[parent]) for unit, parent in zip(units, parents)]
     evaluations = sum(level.evaluations for level in explanation.levels)
     print(f"  hierarchy @{budget}: {evaluations} evaluations, levels run: "
           + ", ".join(f"{level.level} ({level.method}, {len(level.features)} units)" for level in explanation.levels), flush=True)
@@ -172,11 +176,10 @@ def hierarchy_run(explainer: Explainer, prompt, target: str | None, units: list[
 
 
 def score(run: Run, game: CachedGame, held_out: dict[str, np.ndarray], is_gold) -> dict[str, float]:
-    n = len(run.values)
     figures = dict(zip(METRICS[:3], top_k_drop(game, run.values, TOPS)))
     figures["LDS 1/2"] = lds(run.values, held_out["half"], game(held_out["half"]))
     figures["LDS unif"] = lds(run.values, held_out["uniform_size"], game(held_out["uniform_size"]))
-    figures["gold first"] = float(is_gold(int(np.argsort(-run.values, kind="stable")[0]))) if n else np.nan
+    figures["gold first"] = float(is_gold(int(np.argsort(-run.values, kind="stable")[0])))
     figures.update(evaluations=float(run.evaluations), seconds=run.seconds)
     return figures
 
